@@ -1,0 +1,1 @@
+//! The real `Netlink` implementation over rtnetlink (the only module that imports it).

@@ -1,0 +1,75 @@
+//! Subnet managers: where this node's lease comes from and where the cluster's leases are read.
+//! Two implementations: etcd (`etcd`) and Kubernetes node annotations (`kube`, later).
+//!
+//! Also the pure pieces shared by both: allocation (`alloc`) and subnet.env (`env_file`).
+//! Spec: flanneld-behaviour.md sections 4, 5, 6.
+
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::{Lease, LeaseAttrs, LeaseBatch};
+use crate::netconf::{NetConf, NetConfError};
+
+pub mod alloc;
+pub mod env_file;
+pub mod etcd;
+
+/// Errors of a subnet manager; each names the key or object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetError {
+    /// The network config is missing; the daemon keeps waiting.
+    #[error("network config not found at {key} (create it with the etcd v3 API, e.g. etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}')")]
+    ConfigNotFound { key: String },
+    /// The network config is present but invalid; the daemon keeps waiting (etcd) or exits (file).
+    #[error("network config at {key} is invalid: {source}")]
+    BadConfig { key: String, source: NetConfError },
+    #[error("out of subnets: the network config allows {total} subnets between {min} and {max}, and every one is leased")]
+    OutOfSubnets { total: u128, min: String, max: String },
+    #[error("{0}")]
+    Datastore(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl SubnetError {
+    /// Whether waiting and retrying may help.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, SubnetError::Fatal(_))
+    }
+}
+
+/// How `complete_lease` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The daemon is shutting down.
+    Shutdown,
+    /// Nothing more to do (kube: NetworkUnavailable patched).
+    Done,
+    /// Someone else deleted our lease: shut down cleanly as upstream does.
+    Revoked,
+}
+
+/// A source of this node's lease and of the cluster's leases.
+#[async_trait::async_trait]
+pub trait SubnetManager: Send + Sync {
+    /// For logs, e.g. `etcd subnet manager (previous subnet 10.5.72.0/24)`.
+    fn name(&self) -> String;
+
+    /// One attempt to read the network config. `ConfigNotFound`/`BadConfig` make the daemon wait.
+    async fn network_config(&self) -> Result<NetConf, SubnetError>;
+
+    /// Public IPs stored for this node by the operator (kube `node-public-ip(v6)` annotations).
+    async fn stored_public_ips(&self) -> Result<(Option<String>, Option<String>), SubnetError> {
+        Ok((None, None))
+    }
+
+    /// Acquire (or reuse) this node's lease with these attributes.
+    async fn acquire_lease(&self, config: &NetConf, attrs: &LeaseAttrs) -> Result<Lease, SubnetError>;
+
+    /// The cluster's leases: a `Snapshot` first, then `Events`, then a new `Snapshot` after any
+    /// re-list. Reconnects internally; ends only when dropped.
+    fn watch_leases(&self) -> BoxStream<'static, LeaseBatch>;
+
+    /// Keep the lease alive until `shutdown` (etcd renewal) or mark the node ready (kube).
+    async fn complete_lease(&self, lease: &Lease, shutdown: CancellationToken) -> Result<LeaseOutcome, SubnetError>;
+}

@@ -1,0 +1,2 @@
+//! Shared test fixtures: network namespaces, a real etcd, the multi-node testbed.
+#![allow(dead_code)]
