@@ -9,10 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::kernel::{Fdb, KernelError, Neigh, Netlink, Route};
+use crate::kernel::{Fdb, KernelError, MacAddr, Neigh, Netlink, Route};
 use crate::lease::{Lease, LeaseAttrs};
+use crate::netconf::{BackendConfig, NetConf};
 
+pub mod hostgw;
 pub mod reconcile;
+pub mod vxlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -64,11 +67,21 @@ pub struct Ownership {
 pub struct Underlay {
     /// Directly connected prefixes (routes without gateway) of the main table.
     pub connected: Vec<IpNet>,
+    /// Prefixes of the main table reached otherwise (through a gateway, several next hops, or
+    /// blackholed). A longer match here wins over a connected prefix, as in `ip route get`.
+    pub indirect: Vec<IpNet>,
 }
 
 impl Underlay {
+    /// Upstream's DirectRouting test (`ip route get <ip>` gives one route without gateway): the
+    /// longest matching prefix is a connected one (on equal length the connected prefix wins).
     pub fn is_direct(&self, ip: IpAddr) -> bool {
-        self.connected.iter().any(|n| n.contains(&ip))
+        let longest = |nets: &[IpNet]| nets.iter().filter(|n| n.contains(&ip)).map(|n| n.prefix_len()).max();
+        match (longest(&self.connected), longest(&self.indirect)) {
+            (Some(c), Some(i)) => c >= i,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 }
 
@@ -93,4 +106,39 @@ pub trait Backend: Send + Sync {
 
     /// The objects the reconciler owns for this backend.
     fn ownership(&self, own: &Lease) -> Ownership;
+
+    /// Names of the devices this backend keeps (`flannel.1`): a link appearing under one of these
+    /// names (recreated by someone else, new index) makes the reconciler check the devices.
+    fn device_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The one `match` from backend type to implementation. `stored_mac` is the VTEP MAC kept from an
+/// earlier run (kube node annotation), used when the vxlan device has to be created.
+pub fn build(
+    conf: &NetConf,
+    ext: &ExternalInterface,
+    stored_mac: Option<MacAddr>,
+) -> Result<Box<dyn Backend>, BackendError> {
+    match &conf.backend {
+        BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_mac)?)),
+        BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(conf, ext)?)),
+        _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),
+    }
+}
+
+/// Warn once per (lease, reason) about a remote lease a backend has to ignore; `entries_for` runs
+/// on every pass, and the log must not repeat itself every ten seconds.
+#[derive(Debug, Default)]
+pub(crate) struct WarnOnce {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl WarnOnce {
+    /// True the first time `key` is seen.
+    pub(crate) fn first(&self, key: String) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(key)
+    }
 }

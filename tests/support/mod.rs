@@ -1,2 +1,5 @@
 //! Shared test fixtures: network namespaces, a real etcd, the multi-node testbed.
 #![allow(dead_code)]
+pub mod etcd;
+pub mod netns;
+pub mod testbed;

@@ -1,0 +1,38 @@
+# flanneld (Rust) — see README.md. `make demo` and `make test` do all their own set-up.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build release deps test unit lint demo bench clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	$(CARGO) build --all-targets
+
+release: deps
+	$(CARGO) build --release --bin flanneld
+
+# All tests: formatting, lints, unit tests, and the integration tests (real etcd, network namespaces;
+# those need root and skip with a printed reason without it).
+test: deps lint
+	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=2
+
+unit: deps
+	$(CARGO) test --lib
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+demo: deps
+	$(CARGO) build --bin flanneld --example demo
+	./target/debug/examples/demo ./target/debug/flanneld 3 vxlan
+
+bench: release
+	@bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean

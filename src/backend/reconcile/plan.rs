@@ -1,0 +1,213 @@
+//! Pure pieces of reconciliation: which kernel objects are ours (`is_owned`), the identity of an
+//! entry (`EntryKey`), when an installed entry already is the desired one (`same_entry`), and the
+//! diff from desired to installed entries as ordered ops (`plan`).
+//!
+//! Ordering: all deletions first (routes, then FDB entries, then neighbours), then all additions
+//! (neighbours, then FDB entries, then routes), so a route never points at a missing neighbour.
+//! Within a group ops are sorted by key, so equal inputs give equal plans.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::backend::{Entry, Ownership};
+use crate::kernel::{
+    Fdb, MacAddr, NUD_PERMANENT, Neigh, Op, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind,
+};
+
+/// The identity of an entry: the kernel keeps at most one object per key (for routes: per key and
+/// metric, which we do not use). Two entries with the same key are two versions of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKey {
+    /// (link, address)
+    Neigh(u32, IpAddr),
+    /// (link, MAC): `bridge fdb replace` rewrites the destination of an existing MAC.
+    Fdb(u32, MacAddr),
+    /// (table, destination)
+    Route(u32, IpNet),
+}
+
+impl EntryKey {
+    pub fn of(entry: &Entry) -> EntryKey {
+        match entry {
+            Entry::Neigh(n) => EntryKey::Neigh(n.index, n.ip),
+            Entry::Fdb(f) => EntryKey::Fdb(f.index, f.mac),
+            Entry::Route(r) => EntryKey::Route(r.table, r.dst),
+        }
+    }
+}
+
+/// Whether `installed` (as the kernel lists it) already is `desired`. Ignored, because the kernel
+/// reports them differently from what we request or they do not change forwarding:
+/// - neighbours: state bits other than NUD_PERMANENT (the kernel may add NUD_NOARP and friends);
+/// - routes: `prefsrc` unless the desired route sets one, and `multipath` (owned routes never
+///   have several next hops: they need an output device);
+/// - FDB entries: nothing beyond the key, destination, `self` and `permanent`.
+pub fn same_entry(desired: &Entry, installed: &Entry) -> bool {
+    match (desired, installed) {
+        (Entry::Neigh(d), Entry::Neigh(i)) => {
+            d.index == i.index
+                && d.ip == i.ip
+                && d.mac == i.mac
+                && (d.state & NUD_PERMANENT) == (i.state & NUD_PERMANENT)
+        }
+        (Entry::Fdb(d), Entry::Fdb(i)) => d == i,
+        (Entry::Route(d), Entry::Route(i)) => {
+            d.dst == i.dst
+                && d.gateway == i.gateway
+                && d.oif == i.oif
+                && d.table == i.table
+                && d.protocol == i.protocol
+                && d.scope == i.scope
+                && d.kind == i.kind
+                && d.onlink == i.onlink
+                && (d.prefsrc.is_none() || d.prefsrc == i.prefsrc)
+        }
+        _ => false,
+    }
+}
+
+fn inside_any(nets: &[IpNet], dst: &IpNet) -> bool {
+    nets.iter().any(|n| n.contains(dst))
+}
+
+fn overlaps_any(nets: &[IpNet], dst: &IpNet) -> bool {
+    nets.iter().any(|n| n.contains(dst) || dst.contains(n))
+}
+
+/// Whether the reconciler owns this kernel object, and so may delete it when it is not desired.
+///
+/// - A route: main table, unicast, protocol `boot`, a single next hop whose output device is in
+///   `route_oifs`, and a destination inside one of `networks` that does not overlap any of
+///   `exclude` (our own subnets, nor a prefix covering them, such as the whole network).
+/// - A neighbour: NUD_PERMANENT on one of `devices`.
+/// - An FDB entry: permanent, with a destination, for a non-zero MAC, on one of `devices`
+///   (entries the kernel learned are not permanent and stay untouched).
+pub fn is_owned(own: &Ownership, entry: &Entry) -> bool {
+    match entry {
+        Entry::Route(r) => is_owned_route(own, r),
+        Entry::Neigh(n) => is_owned_neigh(own, n),
+        Entry::Fdb(f) => is_owned_fdb(own, f),
+    }
+}
+
+pub fn is_owned_route(own: &Ownership, r: &Route) -> bool {
+    r.table == RT_TABLE_MAIN
+        && r.kind == RouteKind::Unicast
+        && r.protocol == RTPROT_BOOT
+        && !r.multipath
+        && r.oif.is_some_and(|oif| own.route_oifs.contains(&oif))
+        && inside_any(&own.networks, &r.dst)
+        && !overlaps_any(&own.exclude, &r.dst)
+}
+
+pub fn is_owned_neigh(own: &Ownership, n: &Neigh) -> bool {
+    own.devices.contains(&n.index) && n.state & NUD_PERMANENT != 0
+}
+
+pub fn is_owned_fdb(own: &Ownership, f: &Fdb) -> bool {
+    own.devices.contains(&f.index) && f.permanent && f.dst.is_some() && f.mac != MacAddr::default()
+}
+
+/// Desired entries by key; when two share a key the first one wins (`conflicts` lists the losers).
+pub struct DesiredSet<'a> {
+    pub by_key: BTreeMap<EntryKey, &'a Entry>,
+    pub conflicts: Vec<&'a Entry>,
+}
+
+impl<'a> DesiredSet<'a> {
+    pub fn new(desired: &'a [Entry]) -> DesiredSet<'a> {
+        let mut by_key = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for e in desired {
+            match by_key.entry(EntryKey::of(e)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    if *o.get() != e {
+                        conflicts.push(e);
+                    }
+                }
+            }
+        }
+        DesiredSet { by_key, conflicts }
+    }
+}
+
+/// The ops that turn `installed` (owned entries as read from the kernel) into `desired`.
+///
+/// A desired entry whose key has no installed entry is added; one whose installed entry differs
+/// is replaced in place (no gap). Installed entries that are not desired are deleted, including
+/// extra versions of a desired key (when one of them is already right it is the one kept).
+/// Desired entries that share a key with an earlier one are dropped (the first wins).
+pub fn plan(desired: &[Entry], installed: &[Entry]) -> Vec<Op> {
+    let desired = DesiredSet::new(desired);
+    let mut installed_by_key: BTreeMap<EntryKey, Vec<&Entry>> = BTreeMap::new();
+    for e in installed {
+        installed_by_key.entry(EntryKey::of(e)).or_default().push(e);
+    }
+
+    let mut deletes: Vec<&Entry> = Vec::new();
+    let mut replaces: Vec<&Entry> = Vec::new();
+    for (key, want) in &desired.by_key {
+        match installed_by_key.get(key) {
+            None => replaces.push(want),
+            Some(have) => match have.iter().position(|h| same_entry(want, h)) {
+                Some(keep) => {
+                    deletes.extend(have.iter().enumerate().filter(|(i, _)| *i != keep).map(|(_, h)| *h))
+                }
+                None => {
+                    // The first installed version is rewritten in place; the others go.
+                    replaces.push(want);
+                    deletes.extend(have.iter().skip(1));
+                }
+            },
+        }
+    }
+    for (key, have) in &installed_by_key {
+        if !desired.by_key.contains_key(key) {
+            deletes.extend(have.iter());
+        }
+    }
+
+    let rank_delete = |e: &Entry| match e {
+        Entry::Route(_) => 0,
+        Entry::Fdb(_) => 1,
+        Entry::Neigh(_) => 2,
+    };
+    let rank_add = |e: &Entry| match e {
+        Entry::Neigh(_) => 0,
+        Entry::Fdb(_) => 1,
+        Entry::Route(_) => 2,
+    };
+    deletes.sort_by(|a, b| rank_delete(a).cmp(&rank_delete(b)).then_with(|| a.cmp(b)));
+    replaces.sort_by(|a, b| rank_add(a).cmp(&rank_add(b)).then_with(|| a.cmp(b)));
+
+    let mut ops = Vec::with_capacity(deletes.len() + replaces.len());
+    ops.extend(deletes.into_iter().map(|e| match e {
+        Entry::Route(r) => Op::DeleteRoute(r.clone()),
+        Entry::Fdb(f) => Op::DeleteFdb(f.clone()),
+        Entry::Neigh(n) => Op::DeleteNeigh(n.clone()),
+    }));
+    ops.extend(replaces.into_iter().map(|e| match e {
+        Entry::Route(r) => Op::ReplaceRoute(r.clone()),
+        Entry::Fdb(f) => Op::ReplaceFdb(f.clone()),
+        Entry::Neigh(n) => Op::ReplaceNeigh(n.clone()),
+    }));
+    ops
+}
+
+/// The entry an op acts on.
+pub fn op_entry(op: &Op) -> Entry {
+    match op {
+        Op::ReplaceRoute(r) | Op::DeleteRoute(r) => Entry::Route(r.clone()),
+        Op::ReplaceNeigh(n) | Op::DeleteNeigh(n) => Entry::Neigh(n.clone()),
+        Op::ReplaceFdb(f) | Op::DeleteFdb(f) => Entry::Fdb(f.clone()),
+    }
+}
+
+pub fn is_delete(op: &Op) -> bool {
+    matches!(op, Op::DeleteRoute(_) | Op::DeleteNeigh(_) | Op::DeleteFdb(_))
+}

@@ -1,1 +1,0 @@
-//! The real `Netlink` implementation over rtnetlink (the only module that imports it).

@@ -1,0 +1,542 @@
+//! The etcd I/O of the subnet manager, and the only file that imports `etcd-client`: the client
+//! with upstream's per-scheme TLS rules and auth, and thin operations (get, list with revision,
+//! lease TTL, create-if-absent with a lease, guarded puts, delete, prefix watch with compaction
+//! detection).
+//!
+//! It makes no decisions about leases and never parses values: the manager does. Every request is
+//! bounded by a timeout so a silent etcd cannot hang the daemon. The password is never logged
+//! (`ConnectOptions` is never printed). Spec: flanneld-behaviour.md sections 5.1-5.3 and 5.5.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+
+use crate::config::EtcdConfig;
+
+/// Upper bound for one unary request (upstream has none; a hung request would stall the daemon).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upper bound for establishing a TCP (and TLS) connection to one endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keep-alive pings detect a dead connection under a silent watch.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the etcd I/O; each names the operation, the key and the endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no etcd endpoints configured (--etcd-endpoints is empty)")]
+    NoEndpoints,
+    #[error(
+        "etcd endpoints {endpoints} mix plain-text and TLS schemes; with the given TLS files, \
+         http:// endpoints use plain text and https:// or scheme-less ones use TLS; use one kind"
+    )]
+    MixedSchemes { endpoints: String },
+    #[error("reading etcd TLS file {path}: {reason}")]
+    TlsFile { path: PathBuf, reason: String },
+    #[error("setting up the etcd client for {endpoints}: {reason}")]
+    Client { endpoints: String, reason: String },
+    #[error("{op} {key} at etcd {endpoints}: {reason}")]
+    Request { op: &'static str, key: String, endpoints: String, reason: String },
+    #[error("{op} {key} at etcd {endpoints}: no answer within {secs} s")]
+    Timeout { op: &'static str, key: String, endpoints: String, secs: u64 },
+    #[error("watching {key} at etcd {endpoints}: the watch stream ended ({reason})")]
+    WatchClosed { key: String, endpoints: String, reason: String },
+}
+
+/// One key as stored in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key text (invalid UTF-8 replaced, so it can still be named in warnings).
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The etcd lease the key is attached to; 0 = none (a reservation).
+    pub lease_id: i64,
+    pub mod_revision: i64,
+}
+
+/// A consistent listing: every key under a prefix at store revision `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub revision: i64,
+    pub entries: Vec<Entry>,
+}
+
+/// What a create-if-absent did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// Written, attached to a new lease of `ttl` seconds.
+    Created { ttl: i64 },
+    /// Someone else holds the key (the new lease was revoked).
+    Exists,
+}
+
+/// What a guarded put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written; `ttl` is the granted lease TTL (None: written without a lease).
+    Written { ttl: Option<i64> },
+    /// The guard failed: the key changed or vanished since it was read.
+    Conflict,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(Entry),
+    Delete { key: String, mod_revision: i64 },
+}
+
+/// One message of a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMessage {
+    /// Changes (possibly none for a progress notification); resume from `next_revision` after a
+    /// reconnect to see every later change exactly once.
+    Changes { events: Vec<WatchEvent>, next_revision: i64 },
+    /// The requested revision was compacted away: re-list and resume after the listing.
+    Compacted { compact_revision: i64 },
+}
+
+/// Whether plain text or TLS is used to reach the endpoints (spec 5.1, per scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+/// Upstream's per-scheme rule: `http://` is plain text even with TLS files, `https://` is TLS
+/// even without them, and a scheme-less endpoint uses TLS iff the client certificate is set.
+pub fn endpoint_transport(endpoint: &str, client_cert_configured: bool) -> Transport {
+    if endpoint.starts_with("http://") {
+        Transport::Plain
+    } else if endpoint.starts_with("https://") || client_cert_configured {
+        Transport::Tls
+    } else {
+        Transport::Plain
+    }
+}
+
+/// The one transport for all endpoints; a mix is refused (the client shares one TLS setting).
+pub fn common_transport(endpoints: &[String], client_cert_configured: bool) -> Result<Transport, RegistryError> {
+    let mut kinds = endpoints.iter().map(|e| endpoint_transport(e, client_cert_configured));
+    let Some(first) = kinds.next() else {
+        return Err(RegistryError::NoEndpoints);
+    };
+    if kinds.all(|k| k == first) {
+        Ok(first)
+    } else {
+        Err(RegistryError::MixedSchemes { endpoints: endpoints.join(",") })
+    }
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, RegistryError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| RegistryError::TlsFile { path: path.to_path_buf(), reason: e.to_string() })?;
+    let marker = format!("-----BEGIN {what}");
+    let found = String::from_utf8_lossy(&bytes).contains(&marker);
+    if !found {
+        return Err(RegistryError::TlsFile {
+            path: path.to_path_buf(),
+            reason: format!("no PEM block \"{marker}\" found"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The full text of an error and its sources, e.g. `transport error: tcp connect error: ...`.
+fn describe(err: &etcd_client::Error) -> String {
+    let mut text = match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{:?}: {}", status.code(), status.message())
+        }
+        other => other.to_string(),
+    };
+    let mut source = std::error::Error::source(err);
+    if let etcd_client::Error::GRpcStatus(status) = err {
+        source = std::error::Error::source(status);
+    }
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Whether etcd refused a revision because it was compacted.
+fn is_compacted(err: &etcd_client::Error) -> bool {
+    describe(err).contains("compacted")
+}
+
+/// The etcd client with its connection settings; connects lazily when auth is configured.
+pub struct Registry {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    has_auth: bool,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Registry {
+    /// Build the client settings, read the TLS files, and (without auth) create the client, which
+    /// connects lazily. With auth the client is created on first use, because creating it
+    /// authenticates, and an unreachable etcd must not block startup.
+    pub async fn new(cfg: &EtcdConfig) -> Result<Registry, RegistryError> {
+        let endpoints: Vec<String> =
+            cfg.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let client_cert = match (&cfg.certfile, &cfg.keyfile) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (Some(_), None) | (None, Some(_)) => {
+                tracing::warn!(
+                    "only one of --etcd-certfile and --etcd-keyfile is set: both are needed for a client \
+                     certificate, so none is used"
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let transport = common_transport(&endpoints, client_cert.is_some())?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
+        match transport {
+            Transport::Tls => {
+                let mut tls = TlsOptions::new();
+                match &cfg.cafile {
+                    Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CERTIFICATE")?)),
+                    None => tls = tls.with_native_roots(),
+                }
+                if let Some((cert, key)) = &client_cert {
+                    let cert_pem = read_pem(cert, "CERTIFICATE")?;
+                    let key_pem = read_pem(key, "")?;
+                    tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+                }
+                options = options.with_tls(tls);
+            }
+            Transport::Plain => {
+                tracing::warn!(
+                    endpoints = %endpoints.join(","),
+                    "connecting to etcd over plain-text HTTP: this is insecure"
+                );
+            }
+        }
+        let user = cfg.username.as_deref().filter(|u| !u.is_empty());
+        if let Some(user) = user {
+            options = options.with_user(user, cfg.password.clone().unwrap_or_default());
+        }
+        let registry = Registry { endpoints, options, has_auth: user.is_some(), client: tokio::sync::Mutex::new(None) };
+        if !registry.has_auth {
+            // Without auth, creating the client sends nothing; failures here are setup errors.
+            let client = registry.connect().await?;
+            *registry.client.lock().await = Some(client);
+        }
+        Ok(registry)
+    }
+
+    /// The endpoints, comma-joined, for messages.
+    pub fn endpoints(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    async fn connect(&self) -> Result<Client, RegistryError> {
+        let connecting = Client::connect(&self.endpoints, Some(self.options.clone()));
+        match tokio::time::timeout(REQUEST_TIMEOUT, connecting).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(RegistryError::Client { endpoints: self.endpoints(), reason: describe(&e) }),
+            Err(_) => Err(RegistryError::Client {
+                endpoints: self.endpoints(),
+                reason: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// The client, created (and, with auth, authenticated) on first use.
+    async fn client(&self) -> Result<Client, RegistryError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = self.connect().await?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Run one request with the timeout, mapping errors to name the operation and key.
+    async fn call<T, F>(&self, op: &'static str, key: &str, request: F) -> Result<T, RegistryError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.request_error(op, key, &e)),
+            Err(_) => Err(RegistryError::Timeout {
+                op,
+                key: key.to_string(),
+                endpoints: self.endpoints(),
+                secs: REQUEST_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+
+    fn request_error(&self, op: &'static str, key: &str, err: &etcd_client::Error) -> RegistryError {
+        RegistryError::Request { op, key: key.to_string(), endpoints: self.endpoints(), reason: describe(err) }
+    }
+
+    /// The entry at `key` (if any) and the store revision of the read.
+    pub async fn get(&self, key: &str) -> Result<(i64, Option<Entry>), RegistryError> {
+        let mut kv = self.client().await?.kv_client();
+        let resp = self.call("reading", key, kv.get(key, None)).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((revision, resp.kvs().first().map(entry_of)))
+    }
+
+    /// Every entry under `prefix`, from one consistent read.
+    pub async fn list(&self, prefix: &str) -> Result<Listing, RegistryError> {
+        let mut kv = self.client().await?.kv_client();
+        let resp = self.call("listing", prefix, kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(Listing { revision, entries: resp.kvs().iter().map(entry_of).collect() })
+    }
+
+    /// The remaining TTL of a lease in seconds; `None` when the lease is gone or expiring now.
+    pub async fn time_to_live(&self, key: &str, lease_id: i64) -> Result<Option<i64>, RegistryError> {
+        let mut leases = self.client().await?.lease_client();
+        match tokio::time::timeout(REQUEST_TIMEOUT, leases.time_to_live(lease_id, None)).await {
+            Ok(Ok(resp)) => Ok(Some(resp.ttl()).filter(|ttl| *ttl > 0)),
+            Ok(Err(e)) if describe(&e).contains("lease not found") => Ok(None),
+            Ok(Err(e)) => Err(self.request_error("reading the lease TTL of", key, &e)),
+            Err(_) => Err(RegistryError::Timeout {
+                op: "reading the lease TTL of",
+                key: key.to_string(),
+                endpoints: self.endpoints(),
+                secs: REQUEST_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+
+    async fn grant(&self, key: &str, ttl: i64) -> Result<(i64, i64), RegistryError> {
+        let mut leases = self.client().await?.lease_client();
+        let resp = self.call("granting a lease for", key, leases.grant(ttl, None)).await?;
+        Ok((resp.id(), resp.ttl()))
+    }
+
+    async fn revoke(&self, key: &str, lease_id: i64) {
+        let revoked = async {
+            let mut leases = self.client().await?.lease_client();
+            self.call("revoking the unused lease of", key, leases.revoke(lease_id)).await
+        };
+        if let Err(e) = revoked.await {
+            // Harmless: the lease holds no key and expires by itself.
+            tracing::debug!(error = %e, "could not revoke an unused etcd lease");
+        }
+    }
+
+    /// Create `key` only if it does not exist, attached to a new lease of `ttl` seconds
+    /// (upstream: Grant, then Txn If(Version(key) == 0) Then(Put with lease)).
+    pub async fn create_with_lease(&self, key: &str, value: &str, ttl: i64) -> Result<CreateOutcome, RegistryError> {
+        let (lease_id, granted) = self.grant(key, ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease_id)))]);
+        let mut kv = self.client().await?.kv_client();
+        match self.call("creating", key, kv.txn(txn)).await {
+            Ok(resp) if resp.succeeded() => Ok(CreateOutcome::Created { ttl: granted }),
+            Ok(_) => {
+                self.revoke(key, lease_id).await;
+                Ok(CreateOutcome::Exists)
+            }
+            Err(e) => {
+                self.revoke(key, lease_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Put `value` at `key` if the key still has `mod_revision` (unchanged since read), with a
+    /// new lease of `ttl` seconds, or with no lease when `ttl` is None (a reservation stays one).
+    pub async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<i64>,
+        mod_revision: i64,
+    ) -> Result<PutOutcome, RegistryError> {
+        self.guarded_put(key, value, ttl, Compare::mod_revision(key, CompareOp::Equal, mod_revision)).await
+    }
+
+    /// Put `value` at `key` with a new lease if the key still exists (renewal: a deleted key means
+    /// someone revoked our lease, and it must not be recreated behind their back).
+    pub async fn put_if_exists(&self, key: &str, value: &str, ttl: Option<i64>) -> Result<PutOutcome, RegistryError> {
+        self.guarded_put(key, value, ttl, Compare::version(key, CompareOp::Greater, 0)).await
+    }
+
+    async fn guarded_put(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<i64>,
+        guard: Compare,
+    ) -> Result<PutOutcome, RegistryError> {
+        let lease = match ttl {
+            Some(ttl) => Some(self.grant(key, ttl).await?),
+            None => None,
+        };
+        let options = lease.map(|(id, _)| PutOptions::new().with_lease(id));
+        let txn = Txn::new().when([guard]).and_then([TxnOp::put(key, value, options)]);
+        let mut kv = self.client().await?.kv_client();
+        let result = self.call("writing", key, kv.txn(txn)).await;
+        match result {
+            Ok(resp) if resp.succeeded() => Ok(PutOutcome::Written { ttl: lease.map(|(_, granted)| granted) }),
+            other => {
+                if let Some((id, _)) = lease {
+                    self.revoke(key, id).await;
+                }
+                other.map(|_| PutOutcome::Conflict)
+            }
+        }
+    }
+
+    /// Delete `key` if its modification revision is still `mod_revision`; false if it changed.
+    pub async fn delete_if_unchanged(&self, key: &str, mod_revision: i64) -> Result<bool, RegistryError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut kv = self.client().await?.kv_client();
+        let resp = self.call("deleting", key, kv.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Watch every key under `prefix` (or the one key `prefix` when `exact`), from `revision`.
+    pub async fn watch(&self, prefix: &str, revision: i64) -> Result<Watch, RegistryError> {
+        let mut watcher = self.client().await?.watch_client();
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision);
+        let stream = self.call("watching", prefix, watcher.watch(prefix, Some(options))).await?;
+        Ok(Watch { stream, key: prefix.to_string(), endpoints: self.endpoints(), next_revision: revision })
+    }
+}
+
+fn entry_of(kv: &etcd_client::KeyValue) -> Entry {
+    Entry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        lease_id: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// An open watch. Dropping it cancels the watch on the server.
+pub struct Watch {
+    stream: WatchStream,
+    key: String,
+    endpoints: String,
+    next_revision: i64,
+}
+
+impl Watch {
+    /// The next message. An error means the stream is gone: reconnect from the last
+    /// `next_revision` (a compaction is reported as `Compacted`, not as an error).
+    pub async fn next(&mut self) -> Result<WatchMessage, RegistryError> {
+        loop {
+            let message = match self.stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(self.closed("closed by the server".into())),
+                Err(e) if is_compacted(&e) => {
+                    return Ok(WatchMessage::Compacted { compact_revision: 0 });
+                }
+                Err(e) => return Err(self.closed(describe(&e))),
+            };
+            if message.compact_revision() != 0 {
+                return Ok(WatchMessage::Compacted { compact_revision: message.compact_revision() });
+            }
+            if message.canceled() {
+                let reason = message.cancel_reason();
+                if reason.contains("compacted") {
+                    return Ok(WatchMessage::Compacted { compact_revision: 0 });
+                }
+                return Err(self.closed(format!("cancelled by the server: {reason}")));
+            }
+            if message.created() && message.events().is_empty() {
+                // The creation notice carries the store's current revision, not how far our
+                // watch has caught up: it must not move the resume point.
+                continue;
+            }
+            let mut events = Vec::with_capacity(message.events().len());
+            for event in message.events() {
+                let Some(kv) = event.kv() else { continue };
+                self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
+                events.push(match event.event_type() {
+                    EventType::Put => WatchEvent::Put(entry_of(kv)),
+                    EventType::Delete => WatchEvent::Delete {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        mod_revision: kv.mod_revision(),
+                    },
+                });
+            }
+            if events.is_empty() {
+                // A progress notification: everything up to the header revision was seen.
+                if let Some(header) = message.header() {
+                    self.next_revision = self.next_revision.max(header.revision() + 1);
+                }
+            }
+            return Ok(WatchMessage::Changes { events, next_revision: self.next_revision });
+        }
+    }
+
+    fn closed(&self, reason: String) -> RegistryError {
+        RegistryError::WatchClosed { key: self.key.clone(), endpoints: self.endpoints.clone(), reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn http_is_plain_text_even_with_a_client_certificate() {
+        assert_eq!(endpoint_transport("http://127.0.0.1:2379", true), Transport::Plain);
+        assert_eq!(endpoint_transport("http://127.0.0.1:2379", false), Transport::Plain);
+    }
+
+    #[test]
+    fn https_is_tls_even_without_files() {
+        assert_eq!(endpoint_transport("https://127.0.0.1:2379", false), Transport::Tls);
+        assert_eq!(endpoint_transport("https://127.0.0.1:2379", true), Transport::Tls);
+    }
+
+    #[test]
+    fn no_scheme_is_tls_iff_a_client_certificate_is_set() {
+        assert_eq!(endpoint_transport("127.0.0.1:2379", true), Transport::Tls);
+        assert_eq!(endpoint_transport("127.0.0.1:2379", false), Transport::Plain);
+    }
+
+    #[test]
+    fn one_transport_for_all_endpoints() {
+        assert_eq!(common_transport(&eps(&["http://a:1", "b:2"]), false).ok(), Some(Transport::Plain));
+        assert_eq!(common_transport(&eps(&["https://a:1", "b:2"]), true).ok(), Some(Transport::Tls));
+        let err = common_transport(&eps(&["http://a:1", "b:2"]), true).expect_err("mixed");
+        assert!(err.to_string().contains("http://a:1,b:2"), "{err}");
+        assert!(matches!(common_transport(&[], false), Err(RegistryError::NoEndpoints)));
+    }
+
+    #[test]
+    fn a_tls_file_without_pem_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").expect("write");
+        let err = read_pem(&path, "CERTIFICATE").expect_err("no PEM");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        let missing = read_pem(&dir.path().join("missing.pem"), "CERTIFICATE").expect_err("missing");
+        assert!(missing.to_string().contains("missing.pem"), "{missing}");
+    }
+}
