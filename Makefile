@@ -31,8 +31,9 @@ demo: deps
 	$(CARGO) build --bin flanneld --example demo
 	./target/debug/examples/demo ./target/debug/flanneld 3 vxlan
 
-bench: release
-	@bash scripts/bench.sh
+bench: deps
+	$(CARGO) build --release --bin flanneld --example bench
+	./target/release/examples/bench ./target/release/flanneld 1000 5000
 
 clean:
 	$(CARGO) clean

@@ -27,7 +27,11 @@ pub enum ConfigError {
     #[error("flag -iptables-resync is {value} seconds, outside the accepted range 1..={max}")]
     IptablesResyncOutOfRange { value: i64, max: i64 },
     #[error("invalid value {value:?} for flag -{flag}: not an {expected} address")]
-    BadAddress { flag: &'static str, value: String, expected: &'static str },
+    BadAddress {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("flag -{flag} was given an empty value; name an interface or leave the flag out")]
     EmptyInterface { flag: &'static str },
     #[error("flag -etcd-endpoints {value:?} names no endpoint (needed unless -kube-subnet-mgr is set)")]
@@ -107,7 +111,9 @@ impl Config {
             .map(str::to_owned)
             .collect();
         if endpoints.is_empty() && !flags.kube_subnet_mgr {
-            return Err(ConfigError::NoEtcdEndpoints { value: flags.etcd_endpoints.clone() });
+            return Err(ConfigError::NoEtcdEndpoints {
+                value: flags.etcd_endpoints.clone(),
+            });
         }
         if flags.iface.iter().any(String::is_empty) {
             return Err(ConfigError::EmptyInterface { flag: "iface" });
@@ -126,8 +132,10 @@ impl Config {
         if !RENEW_MARGIN_MINUTES.contains(&margin) {
             return Err(ConfigError::RenewMarginOutOfRange { value: margin });
         }
-        let healthz_port = u16::try_from(flags.healthz_port)
-            .map_err(|_| ConfigError::HealthzPortOutOfRange { value: flags.healthz_port })?;
+        let healthz_port =
+            u16::try_from(flags.healthz_port).map_err(|_| ConfigError::HealthzPortOutOfRange {
+                value: flags.healthz_port,
+            })?;
         // Deviation: upstream accepts 0 (and negatives) and then busy-loops on the resync timer.
         let resync = flags.iptables_resync;
         if !(1..=MAX_IPTABLES_RESYNC_SECONDS).contains(&resync) {
@@ -190,18 +198,31 @@ impl Config {
         item("etcd-certfile", &QuotedPath(&etcd.certfile));
         item("etcd-cafile", &QuotedPath(&etcd.cafile));
         item("etcd-username", &Quoted(etcd.username.as_deref().unwrap_or("")));
-        item("etcd-password", &if etcd.password.is_some() { "<redacted>" } else { "\"\"" });
+        item(
+            "etcd-password",
+            &if etcd.password.is_some() {
+                "<redacted>"
+            } else {
+                "\"\""
+            },
+        );
         item("iface", &List(&self.iface));
         item("iface-regex", &List(&self.iface_regex));
         item("iface-can-reach", &OptionalAddr(self.iface_can_reach));
         item("subnet-file", &Quoted(&self.subnet_file.display().to_string()));
         item("public-ip", &OptionalAddr(self.public_ip.map(IpAddr::V4)));
         item("public-ipv6", &OptionalAddr(self.public_ipv6.map(IpAddr::V6)));
-        item("subnet-lease-renew-margin", &format!("{}m", self.subnet_lease_renew_margin.as_secs() / 60));
+        item(
+            "subnet-lease-renew-margin",
+            &format!("{}m", self.subnet_lease_renew_margin.as_secs() / 60),
+        );
         item("ip-masq", &self.ip_masq);
         item("ip-masq-fully-random-disable", &self.ip_masq_fully_random_disable);
         item("kube-subnet-mgr", &self.kube_subnet_mgr);
-        item("kube-api-url", &Quoted(self.kube_api_url.as_deref().unwrap_or("")));
+        item(
+            "kube-api-url",
+            &Quoted(self.kube_api_url.as_deref().unwrap_or("")),
+        );
         item("kube-annotation-prefix", &Quoted(&self.kube_annotation_prefix));
         item("kubeconfig-file", &QuotedPath(&self.kubeconfig_file));
         item("healthz-ip", &Quoted(&self.healthz_ip));
@@ -209,7 +230,10 @@ impl Config {
         item("iptables-resync", &format!("{}s", self.iptables_resync.as_secs()));
         item("iptables-forward-rules", &self.iptables_forward_rules);
         item("ip-blackhole-route", &self.ip_blackhole_route);
-        item("net-config-path", &Quoted(&self.net_config_path.display().to_string()));
+        item(
+            "net-config-path",
+            &Quoted(&self.net_config_path.display().to_string()),
+        );
         item("set-node-network-unavailable", &self.set_node_network_unavailable);
         item("v", &self.verbosity);
         line
@@ -229,9 +253,11 @@ fn parse_optional<T>(
     if text.is_empty() {
         return Ok(None);
     }
-    parse(text)
-        .map(Some)
-        .ok_or_else(|| ConfigError::BadAddress { flag, value: text.to_owned(), expected })
+    parse(text).map(Some).ok_or_else(|| ConfigError::BadAddress {
+        flag,
+        value: text.to_owned(),
+        expected,
+    })
 }
 
 /// An IPv4 address; like Go's `net.ParseIP(..).To4()`, an IPv4-mapped IPv6 form is accepted.
@@ -294,7 +320,10 @@ mod tests {
     #[test]
     fn defaults_match_upstream() {
         let config = config(|_| {}).expect("defaults are valid");
-        assert_eq!(config.etcd.endpoints, ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]);
+        assert_eq!(
+            config.etcd.endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
         assert_eq!(config.etcd.prefix, "/coreos.com/network");
         assert_eq!(config.etcd.keyfile, None);
         assert_eq!(config.etcd.password, None);
@@ -306,8 +335,14 @@ mod tests {
         assert_eq!(config.iptables_resync, Duration::from_secs(5));
         assert!(config.iptables_forward_rules && config.set_node_network_unavailable);
         assert!(!config.ip_masq && !config.kube_subnet_mgr && !config.ip_blackhole_route);
-        assert_eq!(config.net_config_path, PathBuf::from("/etc/kube-flannel/net-conf.json"));
-        assert_eq!((config.public_ip, config.public_ipv6, config.iface_can_reach), (None, None, None));
+        assert_eq!(
+            config.net_config_path,
+            PathBuf::from("/etc/kube-flannel/net-conf.json")
+        );
+        assert_eq!(
+            (config.public_ip, config.public_ipv6, config.iface_can_reach),
+            (None, None, None)
+        );
         assert_eq!(config.verbosity, 0);
     }
 
@@ -371,13 +406,21 @@ mod tests {
             assert!(err.to_string().contains(&value.to_string()) && err.to_string().contains("1..=1439"));
             assert_eq!(err.exit_code(), 1);
         }
-        assert_eq!(config_ok(|f| f.subnet_lease_renew_margin = 1).subnet_lease_renew_margin.as_secs(), 60);
+        assert_eq!(
+            config_ok(|f| f.subnet_lease_renew_margin = 1)
+                .subnet_lease_renew_margin
+                .as_secs(),
+            60
+        );
     }
 
     #[test]
     fn healthz_port_and_resync_ranges() {
         for value in [-1, 65536] {
-            assert_eq!(config_err(|f| f.healthz_port = value), ConfigError::HealthzPortOutOfRange { value });
+            assert_eq!(
+                config_err(|f| f.healthz_port = value),
+                ConfigError::HealthzPortOutOfRange { value }
+            );
         }
         for value in [0, -5, MAX_IPTABLES_RESYNC_SECONDS + 1] {
             let err = config_err(|f| f.iptables_resync = value);
@@ -387,7 +430,8 @@ mod tests {
 
     #[test]
     fn addresses_must_parse_with_the_right_family() {
-        let cases: [(&str, fn(&mut Flags, String)); 3] = [
+        type Setter = fn(&mut Flags, String);
+        let cases: [(&str, Setter); 3] = [
             ("public-ip", |f, v| f.public_ip = v),
             ("public-ipv6", |f, v| f.public_ipv6 = v),
             ("iface-can-reach", |f, v| f.iface_can_reach = v),
@@ -395,25 +439,47 @@ mod tests {
         for (flag, set) in cases {
             for bad in ["abc", "192.0.2.300", "192.0.2.1/24", " 192.0.2.1", "fe80::1%eth0"] {
                 let err = config_err(|f| set(f, bad.into()));
-                assert!(matches!(&err, ConfigError::BadAddress { flag: f, value, .. } if *f == flag && value == bad));
-                assert!(err.to_string().contains(flag) && err.to_string().contains(bad), "{err}");
+                assert!(
+                    matches!(&err, ConfigError::BadAddress { flag: f, value, .. } if *f == flag && value == bad)
+                );
+                assert!(
+                    err.to_string().contains(flag) && err.to_string().contains(bad),
+                    "{err}"
+                );
             }
         }
-        assert!(matches!(config_err(|f| f.public_ip = "2001:db8::1".into()), ConfigError::BadAddress { .. }));
-        assert!(matches!(config_err(|f| f.public_ipv6 = "192.0.2.1".into()), ConfigError::BadAddress { .. }));
-        assert_eq!(config_ok(|f| f.public_ip = "::ffff:192.0.2.9".into()).public_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
-        assert_eq!(config_ok(|f| f.iface_can_reach = "2001:db8::1".into()).iface_can_reach, "2001:db8::1".parse().ok());
+        assert!(matches!(
+            config_err(|f| f.public_ip = "2001:db8::1".into()),
+            ConfigError::BadAddress { .. }
+        ));
+        assert!(matches!(
+            config_err(|f| f.public_ipv6 = "192.0.2.1".into()),
+            ConfigError::BadAddress { .. }
+        ));
+        assert_eq!(
+            config_ok(|f| f.public_ip = "::ffff:192.0.2.9".into()).public_ip,
+            Some(Ipv4Addr::new(192, 0, 2, 9))
+        );
+        assert_eq!(
+            config_ok(|f| f.iface_can_reach = "2001:db8::1".into()).iface_can_reach,
+            "2001:db8::1".parse().ok()
+        );
     }
 
     #[test]
     fn empty_interface_selectors_are_rejected() {
-        assert_eq!(config_err(|f| f.iface = vec!["eth0".into(), String::new()]), ConfigError::EmptyInterface {
-            flag: "iface"
-        });
-        assert_eq!(config_err(|f| f.iface_regex = vec![String::new()]), ConfigError::EmptyInterface {
-            flag: "iface-regex"
-        });
-        assert_eq!(config_ok(|f| f.iface = vec!["eth0,eth1".into()]).iface, ["eth0,eth1"]);
+        assert_eq!(
+            config_err(|f| f.iface = vec!["eth0".into(), String::new()]),
+            ConfigError::EmptyInterface { flag: "iface" }
+        );
+        assert_eq!(
+            config_err(|f| f.iface_regex = vec![String::new()]),
+            ConfigError::EmptyInterface { flag: "iface-regex" }
+        );
+        assert_eq!(
+            config_ok(|f| f.iface = vec!["eth0,eth1".into()]).iface,
+            ["eth0,eth1"]
+        );
     }
 
     #[test]
@@ -422,7 +488,10 @@ mod tests {
         let summary = with.redacted_summary();
         assert!(!summary.contains("hunter2"), "{summary}");
         assert!(summary.contains("etcd-password=<redacted>"), "{summary}");
-        assert!(!format!("{with:?}").contains("hunter2"), "Debug must not show the password");
+        assert!(
+            !format!("{with:?}").contains("hunter2"),
+            "Debug must not show the password"
+        );
         let without = config_ok(|_| {}).redacted_summary();
         assert!(without.contains("etcd-password=\"\""), "{without}");
     }
@@ -438,10 +507,19 @@ mod tests {
         assert!(summary.starts_with(
             "etcd-endpoints=\"http://127.0.0.1:4001,http://127.0.0.1:2379\" etcd-prefix=\"/coreos.com/network\" "
         ));
-        assert!(summary.contains(" iface=[\"ens38\"] iface-regex=[] "), "{summary}");
-        assert!(summary.contains(" subnet-lease-renew-margin=60m ip-masq=true "), "{summary}");
+        assert!(
+            summary.contains(" iface=[\"ens38\"] iface-regex=[] "),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(" subnet-lease-renew-margin=60m ip-masq=true "),
+            "{summary}"
+        );
         assert!(summary.contains(" kube-subnet-mgr=true "), "{summary}");
-        assert!(summary.ends_with(" set-node-network-unavailable=true v=0"), "{summary}");
+        assert!(
+            summary.ends_with(" set-node-network-unavailable=true v=0"),
+            "{summary}"
+        );
         assert!(!summary.contains('\n'));
     }
 }

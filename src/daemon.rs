@@ -1,22 +1,237 @@
 //! The one startup/shutdown sequence (spec section 11).
+//!
+//! Order (as upstream, with the differences noted): subnet manager -> signal handlers -> health
+//! server -> network config (waits, never exits, while it is missing or invalid) -> address family
+//! -> br_netfilter check -> interface selection -> backend devices -> lease -> device
+//! configuration -> firewall (traffic issue) -> subnet.env -> ready -> lease watch + reconciler ->
+//! sd_notify -> lease upkeep -> wait for SIGINT/SIGTERM.
+//!
+//! Shutdown leaves every kernel object in place (devices, routes, neighbours, FDB entries, rules):
+//! a restarted daemon adopts them without changing anything that is already right.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backend::{self, BackendError};
+use crate::backend::reconcile::Reconciler;
 use crate::config::Config;
+use crate::http::{self, StatusSource};
+use crate::iface::{self, IfaceRequest};
+use crate::kernel::Netlink;
+use crate::kernel::rtnl::RtNetlink;
+use crate::lease::{Lease, LeaseWatcher};
+use crate::netconf::NetConf;
+use crate::status::DaemonStatus;
+use crate::subnet::etcd::EtcdSubnetManager;
+use crate::subnet::{LeaseOutcome, SubnetError, SubnetManager, env_file};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("creating the subnet manager: {0}")]
+    SubnetManager(SubnetError),
     #[error("{0}")]
-    Fatal(String),
+    Http(#[from] http::HttpError),
+    #[error("network config: neither EnableIPv4 nor EnableIPv6 is set")]
+    NoStack,
+    #[error("checking br_netfilter: {path} does not exist (load the br_netfilter module, or use EnableNFTables)")]
+    BrNetfilter { path: String },
+    #[error("opening the kernel netlink socket: {0}")]
+    Kernel(crate::kernel::KernelError),
+    #[error("selecting the external interface: {0}")]
+    Iface(#[from] iface::IfaceError),
+    #[error("setting up the {backend} backend: {source}")]
+    Backend { backend: String, source: BackendError },
+    #[error("acquiring a lease: {0}")]
+    Lease(SubnetError),
+    #[error("the Kubernetes subnet manager is not available in this build yet")]
+    KubeNotAvailable,
 }
 
 impl DaemonError {
-    /// The process exit code for this error.
+    /// The process exit code for this error (upstream exits 1 on every fatal startup error).
     pub fn exit_code(&self) -> i32 {
         1
     }
 }
 
-/// Run the daemon until SIGINT/SIGTERM or a fatal error.
+/// Run the daemon until SIGINT/SIGTERM, a revoked lease, or a fatal error.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let _ = config;
-    Err(DaemonError::Fatal("the daemon is not implemented yet".into()))
+    let shutdown = CancellationToken::new();
+    install_signal_handlers(shutdown.clone());
+    let status = Arc::new(DaemonStatus::default());
+
+    if config.kube_subnet_mgr {
+        return Err(DaemonError::KubeNotAvailable);
+    }
+    let previous = env_file::read_previous(&config.subnet_file);
+    let manager = EtcdSubnetManager::connect(&config.etcd, previous, config.subnet_lease_renew_margin)
+        .await
+        .map_err(DaemonError::SubnetManager)?;
+    info!(manager = %manager.name(), "created subnet manager");
+
+    if config.healthz_port > 0 {
+        let addr = http::listen_addr(&config.healthz_ip, config.healthz_port)?;
+        let listener = http::bind(addr).await?;
+        info!(%addr, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(http::serve(listener, status.clone() as Arc<dyn StatusSource>, shutdown.clone()));
+    }
+
+    let Some(netconf) = manager.wait_for_network_config(&shutdown).await else {
+        info!("shut down while waiting for the network config");
+        return Ok(());
+    };
+    info!(backend = %netconf.backend_type, "found network config");
+    if !netconf.enable_ipv4 && !netconf.enable_ipv6 {
+        return Err(DaemonError::NoStack);
+    }
+    check_br_netfilter(&netconf)?;
+
+    let netlink: Arc<dyn Netlink> = Arc::new(RtNetlink::new().map_err(DaemonError::Kernel)?);
+    let request = IfaceRequest {
+        iface: config.iface.clone(),
+        iface_regex: config.iface_regex.clone(),
+        iface_can_reach: config.iface_can_reach,
+        public_ip: config.public_ip,
+        public_ipv6: config.public_ipv6,
+        ipv4: netconf.enable_ipv4,
+        ipv6: netconf.enable_ipv6,
+    };
+    let ext = iface::discover(&request, netlink.as_ref()).await?;
+
+    let backend_err = |source| DaemonError::Backend { backend: netconf.backend_type.clone(), source };
+    let mut backend = backend::build(&netconf, &ext, None).map_err(backend_err)?;
+    let attrs = backend.prepare(netlink.as_ref()).await.map_err(backend_err)?;
+    let Some(lease) = acquire_lease(&manager, &netconf, &attrs, &shutdown).await? else {
+        return Ok(());
+    };
+    let mtu = backend.configure(netlink.as_ref(), &lease).await.map_err(backend_err)?;
+
+    // Firewall rules (ip-masq, forward) come with the traffic manager.
+
+    let contents = env_file::render(&netconf, &lease, mtu, config.ip_masq);
+    match env_file::write_atomic(&config.subnet_file, contents.as_bytes()) {
+        Ok(()) => {
+            info!(path = %config.subnet_file.display(), "wrote subnet file");
+            status.set_subnet_file_written(true);
+        }
+        Err(e) => warn!("{e}; flanneld keeps running but will not report ready"),
+    }
+
+    info!("running the backend: programming peers from the lease watch");
+    let reconciler = Reconciler::new(netlink.clone(), backend, lease.clone());
+    status.set_reconcile(reconciler.status());
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reconcile_task = tokio::spawn(reconciler.run(events_rx, shutdown.clone()));
+    let watch_task = tokio::spawn(forward_lease_events(manager.watch_leases(), lease.clone(), events_tx, shutdown.clone()));
+
+    match crate::sdnotify::notify("READY=1") {
+        Ok(true) => info!("notified systemd: READY=1"),
+        Ok(false) => {}
+        Err(e) => warn!("{e}"),
+    }
+
+    match manager.complete_lease(&lease, shutdown.clone()).await {
+        Ok(LeaseOutcome::Revoked) => {
+            warn!("our lease was deleted from the datastore; shutting down (the data plane is left in place)");
+            shutdown.cancel();
+        }
+        Ok(_) => {}
+        Err(e) => error!("keeping the lease alive: {e}"),
+    }
+    shutdown.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = watch_task.await;
+        let _ = reconcile_task.await;
+    })
+    .await;
+    info!("exiting cleanly; devices, routes, neighbour and FDB entries are left in place");
+    Ok(())
+}
+
+/// Acquire the lease, retrying retriable errors with backoff (a datastore outage at startup
+/// must not crash-loop the node).
+async fn acquire_lease(
+    manager: &dyn SubnetManager,
+    netconf: &NetConf,
+    attrs: &crate::lease::LeaseAttrs,
+    shutdown: &CancellationToken,
+) -> Result<Option<Lease>, DaemonError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match manager.acquire_lease(netconf, attrs).await {
+            Ok(lease) => return Ok(Some(lease)),
+            Err(e) if e.is_retriable() => {
+                warn!("acquiring a lease failed (retrying in {delay:?}): {e}");
+            }
+            Err(e) => return Err(DaemonError::Lease(e)),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Feed the lease watch through the LeaseWatcher into the reconciler. The first batch (the
+/// snapshot, possibly empty) is always sent: it tells the reconciler the cluster view is complete.
+async fn forward_lease_events(
+    mut batches: futures::stream::BoxStream<'static, crate::lease::LeaseBatch>,
+    own: Lease,
+    events: tokio::sync::mpsc::UnboundedSender<Vec<crate::lease::LeaseEvent>>,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    let mut watcher = LeaseWatcher::new(own);
+    let mut first = true;
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            b = batches.next() => match b { Some(b) => b, None => return },
+        };
+        let out = watcher.apply(batch);
+        if (first || !out.is_empty()) && events.send(out).is_err() {
+            return;
+        }
+        first = false;
+    }
+}
+
+fn check_br_netfilter(netconf: &NetConf) -> Result<(), DaemonError> {
+    if netconf.enable_nftables {
+        return Ok(());
+    }
+    let mut paths = Vec::new();
+    if netconf.enable_ipv4 {
+        paths.push("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    }
+    if netconf.enable_ipv6 {
+        paths.push("/proc/sys/net/bridge/bridge-nf-call-ip6tables");
+    }
+    for path in paths {
+        if !std::path::Path::new(path).exists() {
+            return Err(DaemonError::BrNetfilter { path: path.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: orderly shutdown. Second: exit at once (as upstream restores the default
+/// signal behaviour).
+fn install_signal_handlers(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            error!("installing signal handlers failed");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("received a shutdown signal; stopping (a second signal exits immediately)");
+        shutdown.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
 }

@@ -25,4 +25,5 @@ pub mod lease;
 pub mod logging;
 pub mod netconf;
 pub mod sdnotify;
+pub mod status;
 pub mod subnet;

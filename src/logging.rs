@@ -22,7 +22,9 @@ pub fn default_directives(verbosity: i32) -> String {
 
 /// Installs the global subscriber. Safe to call more than once: later calls change nothing.
 pub fn init(verbosity: i32) {
-    let rust_log = std::env::var("RUST_LOG").ok().filter(|value| !value.trim().is_empty());
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty());
     let mut rejected_rust_log = None;
     let filter = match rust_log.as_deref().map(EnvFilter::try_new) {
         Some(Ok(filter)) => filter,

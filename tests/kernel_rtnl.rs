@@ -3,6 +3,11 @@
 
 mod support;
 
+#[path = "kernel_rtnl/apply.rs"]
+mod apply;
+#[path = "kernel_rtnl/events.rs"]
+mod events;
+
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -26,7 +31,10 @@ where
     Fut: Future<Output = T>,
 {
     ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let nl = RtNetlink::new().expect("opening rtnetlink");
             f(nl).await
@@ -80,7 +88,12 @@ fn triple(index: u32, subnet: &str, mac: MacAddr, public_ip: &str) -> [Op; 3] {
     let mut route = Route::unicast(net, Some(net.network()), Some(index));
     route.onlink = true;
     [
-        Op::ReplaceNeigh(Neigh { index, ip: net.network(), mac: Some(mac), state: NUD_PERMANENT }),
+        Op::ReplaceNeigh(Neigh {
+            index,
+            ip: net.network(),
+            mac: Some(mac),
+            state: NUD_PERMANENT,
+        }),
         Op::ReplaceFdb(Fdb {
             index,
             mac,
@@ -97,7 +110,6 @@ fn all_ok(results: &[Result<(), flanneld::kernel::KernelError>]) {
         assert!(r.is_ok(), "op {i} failed: {r:?}");
     }
 }
-
 #[test]
 fn netns_support_runs_code_inside_and_cleans_up() {
     let (a, _b) = pair("rt");
@@ -109,6 +121,28 @@ fn netns_support_runs_code_inside_and_cleans_up() {
     assert!(a.try_sh("exit 3").is_err());
     drop(a);
     assert!(!std::path::Path::new(&format!("/run/netns/{name}")).exists());
+}
+
+#[test]
+fn netns_is_deleted_when_the_test_panics_and_stale_ones_are_swept() {
+    let mut name = String::new();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = Netns::new("rtpanic");
+        name = ns.name.clone();
+        ns.run(|| panic!("failing inside the namespace"));
+    }));
+    assert!(caught.is_err());
+    assert!(!name.is_empty() && !std::path::Path::new(&format!("/run/netns/{name}")).exists());
+
+    // A namespace left by a process that no longer runs (no pid is this large).
+    let stale = "fl-rt-stale-4294967295-0";
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", stale])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    support::netns::sweep_stale();
+    assert!(!std::path::Path::new(&format!("/run/netns/{stale}")).exists());
 }
 
 #[test]
@@ -129,12 +163,20 @@ fn links_addrs_and_routes_match_ip_json() {
     let ip_links = json(&a, "ip -d -j link show");
     assert_eq!(links.len(), ip_links.as_array().unwrap().len());
     for l in ip_links.as_array().unwrap() {
-        let ours = links.iter().find(|x| x.index as u64 == l["ifindex"].as_u64().unwrap()).expect("link");
+        let ours = links
+            .iter()
+            .find(|x| x.index as u64 == l["ifindex"].as_u64().unwrap())
+            .expect("link");
         assert_eq!(ours.name, l["ifname"].as_str().unwrap());
         assert_eq!(ours.mtu as u64, l["mtu"].as_u64().unwrap());
         let up = l["flags"].as_array().unwrap().iter().any(|f| f == "UP");
         assert_eq!(ours.up, up, "{}", ours.name);
-        assert_eq!(ours.kind.as_deref(), l["linkinfo"]["info_kind"].as_str(), "{}", ours.name);
+        assert_eq!(
+            ours.kind.as_deref(),
+            l["linkinfo"]["info_kind"].as_str(),
+            "{}",
+            ours.name
+        );
         if ours.name == "eth0" {
             assert_eq!(ours.mac.map(|m| m.to_string()).as_deref(), l["address"].as_str());
         }
@@ -145,16 +187,36 @@ fn links_addrs_and_routes_match_ip_json() {
     for l in json(&a, "ip -j addr show").as_array().unwrap() {
         for ai in l["addr_info"].as_array().unwrap() {
             let ip: IpAddr = ai["local"].as_str().unwrap().parse().unwrap();
-            expected.push((l["ifindex"].as_u64().unwrap() as u32, ip, ai["prefixlen"].as_u64().unwrap() as u8));
+            expected.push((
+                l["ifindex"].as_u64().unwrap() as u32,
+                ip,
+                ai["prefixlen"].as_u64().unwrap() as u8,
+            ));
         }
     }
     let mut got: Vec<_> = addrs.iter().map(|x| (x.index, x.ip, x.prefix_len)).collect();
     expected.sort();
     got.sort();
     assert_eq!(got, expected);
-    let flags_of = |ip: &str| addrs.iter().find(|x| x.ip == ip.parse::<IpAddr>().unwrap()).unwrap().flags;
-    assert_eq!(flags_of("192.0.2.1"), AddrFlags { permanent: true, deprecated: false, temporary: false });
-    assert!(flags_of("192.0.2.11").temporary, "IPv4 secondary shares the IFA_F_TEMPORARY bit");
+    let flags_of = |ip: &str| {
+        addrs
+            .iter()
+            .find(|x| x.ip == ip.parse::<IpAddr>().unwrap())
+            .unwrap()
+            .flags
+    };
+    assert_eq!(
+        flags_of("192.0.2.1"),
+        AddrFlags {
+            permanent: true,
+            deprecated: false,
+            temporary: false
+        }
+    );
+    assert!(
+        flags_of("192.0.2.11").temporary,
+        "IPv4 secondary shares the IFA_F_TEMPORARY bit"
+    );
     assert!(flags_of("2001:db8::1").permanent);
     let dynamic = flags_of("2001:db8:5::1");
     assert!(dynamic.deprecated && !dynamic.permanent);
@@ -171,7 +233,11 @@ fn links_addrs_and_routes_match_ip_json() {
     let mut got: Vec<_> = routes
         .iter()
         .map(|r| {
-            let dst = if r.dst.prefix_len() == 0 { "default".to_string() } else { r.dst.to_string() };
+            let dst = if r.dst.prefix_len() == 0 {
+                "default".to_string()
+            } else {
+                r.dst.to_string()
+            };
             (dst, r.oif.and_then(name_of))
         })
         .collect();
@@ -179,14 +245,30 @@ fn links_addrs_and_routes_match_ip_json() {
     got.sort();
     assert_eq!(got, expected);
     assert!(routes.iter().all(|r| r.table == 254));
-    let default4 = routes.iter().find(|r| r.dst == "0.0.0.0/0".parse::<ipnet::IpNet>().unwrap()).unwrap();
-    assert_eq!((default4.oif, default4.gateway), (Some(eth0), Some("192.0.2.2".parse().unwrap())));
-    let multi = routes.iter().find(|r| r.dst.to_string() == "198.51.100.0/24").unwrap();
+    let default4 = routes
+        .iter()
+        .find(|r| r.dst == "0.0.0.0/0".parse::<ipnet::IpNet>().unwrap())
+        .unwrap();
+    assert_eq!(
+        (default4.oif, default4.gateway),
+        (Some(eth0), Some("192.0.2.2".parse().unwrap()))
+    );
+    let multi = routes
+        .iter()
+        .find(|r| r.dst.to_string() == "198.51.100.0/24")
+        .unwrap();
     assert!(multi.multipath && multi.oif.is_none());
-    let connected = routes.iter().find(|r| r.dst.to_string() == "192.0.2.0/24").unwrap();
+    let connected = routes
+        .iter()
+        .find(|r| r.dst.to_string() == "192.0.2.0/24")
+        .unwrap();
     assert_eq!((connected.protocol, connected.scope), (2, 253));
     assert_eq!(connected.prefsrc, Some("192.0.2.1".parse().unwrap()));
-    assert!(routes.iter().any(|r| r.dst.to_string() == "2001:db8::/64" && r.oif == Some(eth0)));
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst.to_string() == "2001:db8::/64" && r.oif == Some(eth0))
+    );
 }
 
 fn vxlan_details(ns: &Netns, name: &str) -> Value {
@@ -207,7 +289,10 @@ fn create_vxlan_matches_ip_details() {
         let made_gbp = nl.create_vxlan(&gbp).await.expect("create flannel.2");
         let again = nl.create_vxlan(&spec).await;
         let by_name = nl.link_by_name("flannel.1").await.expect("lookup");
-        let missing = nl.link_by_name("flannel.404").await.expect("lookup of a missing link");
+        let missing = nl
+            .link_by_name("flannel.404")
+            .await
+            .expect("lookup of a missing link");
         (made, made_gbp, again, by_name, missing)
     });
     let d = vxlan_details(&a, "flannel.1");
@@ -223,13 +308,16 @@ fn create_vxlan_matches_ip_details() {
     assert_eq!(info["udp_zero_csum6_tx"], false);
     assert_eq!(d["mtu"], 1450);
     assert_eq!(d["address"], MAC.to_string());
-    assert_eq!(d["txqlen"], 0);
+    assert_eq!(a.sh("cat /sys/class/net/flannel.1/tx_queue_len").trim(), "0");
 
     assert_eq!(made.name, "flannel.1");
     assert_eq!(made.index, d["ifindex"].as_u64().unwrap() as u32);
     assert_eq!((made.mtu, made.mac, made.up), (1450, Some(MAC), false));
     let vx = made.vxlan.clone().expect("vxlan info read back");
-    assert_eq!((vx.vni, vx.port, vx.dev_index, vx.learning, vx.gbp), (1, 8472, eth0, false, false));
+    assert_eq!(
+        (vx.vni, vx.port, vx.dev_index, vx.learning, vx.gbp),
+        (1, 8472, eth0, false, false)
+    );
     assert_eq!(vx.local, Some("192.0.2.1".parse().unwrap()));
     assert_eq!(by_name, Some(made));
     assert_eq!(missing, None);
@@ -244,128 +332,15 @@ fn create_vxlan_matches_ip_details() {
     let err = again.expect_err("creating an existing device fails");
     assert!(err.is_exists(), "{err}");
     let text = err.to_string();
-    assert!(text.starts_with("creating vxlan device flannel.1: File exists"), "{text}");
-    assert_eq!(vxlan_details(&a, "flannel.1")["ifindex"], d["ifindex"], "existing device untouched");
-}
-
-#[test]
-fn ipv6_vxlan_addresses_and_routes() {
-    let (a, b) = pair("rt6");
-    a.sh("ip -6 addr add 2001:db8::1/64 dev eth0 nodad");
-    b.sh("ip -6 addr add 2001:db8::2/64 dev eth0 nodad");
-    let eth0 = ifindex(&a, "eth0");
-    let spec = vxlan_spec("flannel-v6.1", 1, "2001:db8::1", eth0);
-    let (link, results, addrs, routes, fdbs) = with_nl(&a, move |nl| async move {
-        let link = nl.create_vxlan(&spec).await.expect("create v6 device");
-        nl.set_link_up(link.index).await.expect("up");
-        let own = Addr { index: link.index, ip: "2001:db8:ff::".parse().unwrap(), prefix_len: 128, flags: AddrFlags::default() };
-        nl.add_addr(&own).await.expect("add v6 address");
-        let results = nl.apply(&triple(link.index, "2001:db8:ff:1::/64", peer_mac(1), "2001:db8::2")).await;
-        let addrs = nl.addrs().await.expect("addrs");
-        let routes = nl.routes().await.expect("routes");
-        let fdbs = nl.fdbs(link.index).await.expect("fdbs");
-        (link, results, addrs, routes, fdbs)
-    });
-    all_ok(&results);
-    assert_eq!(vxlan_details(&a, "flannel-v6.1")["linkinfo"]["info_data"]["local"], "2001:db8::1");
-    assert_eq!(link.vxlan.unwrap().local, Some("2001:db8::1".parse().unwrap()));
-    assert!(addrs.iter().any(|x| x.index == link.index && x.ip == "2001:db8:ff::".parse::<IpAddr>().unwrap()));
-    let r = json(&a, "ip -6 -j route show 2001:db8:ff:1::/64");
-    assert_eq!(r[0]["gateway"], "2001:db8:ff:1::");
-    assert_eq!(r[0]["dev"], "flannel-v6.1");
-    assert!(r[0]["flags"].as_array().unwrap().iter().any(|f| f == "onlink"));
-    let ours = routes.iter().find(|x| x.dst.to_string() == "2001:db8:ff:1::/64").expect("route read back");
-    assert!(ours.onlink && ours.oif == Some(link.index));
-    let n = json(&a, "ip -6 -j neigh show dev flannel-v6.1");
-    assert_eq!(n[0]["dst"], "2001:db8:ff:1::");
-    assert_eq!(n[0]["lladdr"], peer_mac(1).to_string());
-    assert_eq!(fdbs.iter().find(|f| f.mac == peer_mac(1)).unwrap().dst, Some("2001:db8::2".parse().unwrap()));
-}
-
-#[test]
-fn apply_installs_route_neighbour_and_fdb_idempotently_and_deletes_them() {
-    let (a, _b) = pair("rt");
-    let eth0 = ifindex(&a, "eth0");
-    let spec = vxlan_spec("flannel.1", 1, "192.0.2.1", eth0);
-    let dev = with_nl(&a, move |nl| async move {
-        let link = nl.create_vxlan(&spec).await.expect("create");
-        nl.set_link_up(link.index).await.expect("up");
-        link.index
-    });
-    let ops = triple(dev, "198.18.2.0/24", peer_mac(2), "192.0.2.2");
-    let ops2 = ops.clone();
-    let (first, second, routes, neighs, fdbs) = with_nl(&a, move |nl| async move {
-        let first = nl.apply(&ops2).await;
-        let second = nl.apply(&ops2).await;
-        (first, second, nl.routes().await.unwrap(), nl.neighs(dev).await.unwrap(), nl.fdbs(dev).await.unwrap())
-    });
-    all_ok(&first);
-    all_ok(&second);
-
-    let r = json(&a, "ip -j route show 198.18.2.0/24");
-    assert_eq!(r.as_array().unwrap().len(), 1, "replace twice leaves one route: {r}");
-    assert_eq!(r[0]["gateway"], "198.18.2.0");
-    assert_eq!(r[0]["dev"], "flannel.1");
-    assert_eq!(r[0]["protocol"], "boot");
-    assert!(r[0]["flags"].as_array().unwrap().iter().any(|f| f == "onlink"));
-    let n = json(&a, "ip -j neigh show dev flannel.1");
-    assert_eq!(n.as_array().unwrap().len(), 1);
-    assert_eq!(n[0]["dst"], "198.18.2.0");
-    assert_eq!(n[0]["lladdr"], peer_mac(2).to_string());
-    assert_eq!(n[0]["state"][0], "PERMANENT");
-    let f = json(&a, &format!("bridge -j fdb show dev flannel.1 | grep -q . && bridge -j fdb show dev flannel.1"));
-    let entry = f.as_array().unwrap().iter().find(|e| e["mac"] == peer_mac(2).to_string()).expect("fdb entry");
-    assert_eq!(entry["dst"], "192.0.2.2");
-    assert_eq!(entry["state"], "permanent");
-    assert!(entry["flags"].as_array().unwrap().iter().any(|x| x == "self"));
-
-    let Op::ReplaceRoute(want_route) = &ops[2] else { unreachable!() };
-    assert!(routes.contains(want_route), "route read back as applied: {routes:?}");
-    let Op::ReplaceNeigh(want_neigh) = &ops[0] else { unreachable!() };
-    assert_eq!(neighs, vec![want_neigh.clone()]);
-    let Op::ReplaceFdb(want_fdb) = &ops[1] else { unreachable!() };
-    assert!(fdbs.contains(want_fdb), "{fdbs:?}");
-
-    let deletes: Vec<Op> = ops
-        .iter()
-        .rev()
-        .map(|op| match op.clone() {
-            Op::ReplaceRoute(r) => Op::DeleteRoute(r),
-            Op::ReplaceNeigh(n) => Op::DeleteNeigh(n),
-            Op::ReplaceFdb(f) => Op::DeleteFdb(f),
-            other => other,
-        })
-        .collect();
-    let (gone, again) = with_nl(&a, move |nl| async move { (nl.apply(&deletes).await, nl.apply(&deletes).await) });
-    all_ok(&gone);
-    assert_eq!(json(&a, "ip -j route show 198.18.2.0/24").as_array().unwrap().len(), 0);
-    assert_eq!(json(&a, "ip -j neigh show dev flannel.1").as_array().unwrap().len(), 0);
-    assert!(!a.sh("bridge fdb show dev flannel.1").contains(&peer_mac(2).to_string()));
-    for (i, r) in again.iter().enumerate() {
-        let err = r.as_ref().expect_err("deleting a missing object fails");
-        assert!(err.is_not_found(), "op {i}: {err}");
-    }
-}
-
-#[test]
-fn a_bad_op_fails_alone_with_a_clear_error() {
-    let (a, _b) = pair("rt");
-    let eth0 = ifindex(&a, "eth0");
-    a.sh("ip route add 198.18.7.0/24 via 192.0.2.2");
-    let good = Route::unicast("198.18.8.0/24".parse().unwrap(), Some("192.0.2.2".parse().unwrap()), Some(eth0));
-    // No onlink and a gateway outside every connected network: the kernel refuses it.
-    let bad = Route::unicast("198.18.9.0/24".parse().unwrap(), Some("203.0.113.9".parse().unwrap()), Some(eth0));
-    let ops = vec![Op::ReplaceRoute(good.clone()), Op::ReplaceRoute(bad), Op::ReplaceRoute(good)];
-    let results = with_nl(&a, move |nl| async move { nl.apply(&ops).await });
-    assert_eq!(results.len(), 3);
-    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-    let err = results[1].as_ref().expect_err("unreachable gateway");
-    assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
-    let text = err.to_string();
-    assert!(text.starts_with("replacing route 198.18.9.0/24 via 203.0.113.9 dev #"), "{text}");
-    assert!(text.contains("Network is unreachable"), "{text}");
-    let table = a.sh("ip route show");
-    assert!(table.contains("198.18.7.0/24 via 192.0.2.2") && table.contains("198.18.8.0/24"), "{table}");
+    assert!(
+        text.starts_with("creating vxlan device flannel.1: File exists"),
+        "{text}"
+    );
+    assert_eq!(
+        vxlan_details(&a, "flannel.1")["ifindex"],
+        d["ifindex"],
+        "existing device untouched"
+    );
 }
 
 #[test]
@@ -375,16 +350,28 @@ fn device_and_address_changes_report_clear_errors() {
     let spec = vxlan_spec("flannel.1", 1, "192.0.2.1", eth0);
     let out = with_nl(&a, move |nl| async move {
         let link = nl.create_vxlan(&spec).await.unwrap();
-        let own = Addr { index: link.index, ip: "198.18.1.0".parse().unwrap(), prefix_len: 32, flags: AddrFlags::default() };
+        let own = Addr {
+            index: link.index,
+            ip: "198.18.1.0".parse().unwrap(),
+            prefix_len: 32,
+            flags: AddrFlags::default(),
+        };
         nl.add_addr(&own).await.expect("add address");
         let dup = nl.add_addr(&own).await;
         nl.set_link_mtu(link.index, 1400).await.expect("mtu");
         nl.set_link_up(link.index).await.expect("up");
         let after = nl.link_by_name("flannel.1").await.unwrap().unwrap();
-        let on_missing = nl.add_addr(&Addr { index: 9999, ..own.clone() }).await;
+        let on_missing = nl
+            .add_addr(&Addr {
+                index: 9999,
+                ..own.clone()
+            })
+            .await;
         nl.del_addr(&own).await.expect("del address");
         let del_again = nl.del_addr(&own).await;
-        let bad_dev = nl.create_vxlan(&vxlan_spec("flannel.9", 9, "192.0.2.1", 9999)).await;
+        let bad_dev = nl
+            .create_vxlan(&vxlan_spec("flannel.9", 9, "192.0.2.1", 9999))
+            .await;
         nl.delete_link(link.index).await.expect("delete");
         let delete_again = nl.delete_link(link.index).await;
         let gone = nl.link_by_name("flannel.1").await.unwrap();
@@ -393,119 +380,55 @@ fn device_and_address_changes_report_clear_errors() {
     let (dup, after, on_missing, del_again, bad_dev, delete_again, gone): (_, Link, _, _, _, _, _) = out;
     let dup = dup.expect_err("duplicate address");
     assert!(dup.is_exists(), "{dup}");
-    assert!(dup.to_string().starts_with("adding address 198.18.1.0/32 on link #"), "{dup}");
+    assert!(
+        dup.to_string()
+            .starts_with("adding address 198.18.1.0/32 on link #"),
+        "{dup}"
+    );
     assert_eq!((after.mtu, after.up), (1400, true));
     let e = on_missing.expect_err("no such link");
     assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
     assert!(del_again.is_err());
     let e = bad_dev.expect_err("vxlan on a missing underlay device");
-    assert!(e.to_string().starts_with("creating vxlan device flannel.9: "), "{e}");
+    assert!(
+        e.to_string().starts_with("creating vxlan device flannel.9: "),
+        "{e}"
+    );
     assert!(delete_again.expect_err("already deleted").is_not_found());
     assert_eq!(gone, None);
-    assert!(a.try_sh("ip link show flannel.9").is_err(), "nothing half-created");
+    assert!(
+        a.try_sh("ip link show flannel.9").is_err(),
+        "nothing half-created"
+    );
 }
 
 #[test]
 fn route_get_reports_interface_gateway_and_source() {
     let (a, _b) = pair("rt");
     let eth0 = ifindex(&a, "eth0");
-    let direct = with_nl(&a, |nl| async move { nl.route_get("192.0.2.2".parse().unwrap()).await });
+    let direct = with_nl(&a, |nl| async move {
+        nl.route_get("192.0.2.2".parse().unwrap()).await
+    });
     let direct = direct.expect("direct route");
     assert_eq!(direct.len(), 1);
     assert_eq!((direct[0].oif, direct[0].gateway), (Some(eth0), None));
     assert_eq!(direct[0].prefsrc, Some("192.0.2.1".parse().unwrap()));
-    let unreachable = with_nl(&a, |nl| async move { nl.route_get("203.0.113.5".parse().unwrap()).await });
+    let unreachable = with_nl(&a, |nl| async move {
+        nl.route_get("203.0.113.5".parse().unwrap()).await
+    });
     let err = unreachable.expect_err("no default route");
     assert_eq!(err.errno(), Some(libc::ENETUNREACH), "{err}");
-    assert!(err.to_string().starts_with("looking up route to 203.0.113.5: "), "{err}");
+    assert!(
+        err.to_string().starts_with("looking up route to 203.0.113.5: "),
+        "{err}"
+    );
     a.sh("ip route add default via 192.0.2.2");
-    let via = with_nl(&a, |nl| async move { nl.route_get("203.0.113.5".parse().unwrap()).await }).unwrap();
-    assert_eq!((via[0].oif, via[0].gateway), (Some(eth0), Some("192.0.2.2".parse().unwrap())));
-}
-
-fn sh_in(ns_name: &str, script: &str) {
-    let st = std::process::Command::new("ip").args(["netns", "exec", ns_name, "sh", "-c", script]).status().unwrap();
-    assert!(st.success(), "{script}");
-}
-
-async fn next_matching(
-    events: &mut futures::stream::BoxStream<'static, KernelEvent>,
-    what: &str,
-    pred: impl Fn(&KernelEvent) -> bool,
-) -> KernelEvent {
-    // Only a guard against hanging forever; the assertion is that the event arrives.
-    let wait = async {
-        while let Some(ev) = events.next().await {
-            if pred(&ev) {
-                return ev;
-            }
-        }
-        panic!("event stream ended before {what}");
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("no event: {what}"))
-}
-
-#[test]
-fn subscribe_sees_route_link_address_and_fdb_changes() {
-    let (a, _b) = pair("rt");
-    a.sh("ip route add 198.18.5.0/24 via 192.0.2.2");
-    a.sh("ip link add flannel.7 type vxlan id 7 local 192.0.2.1 dev eth0");
-    let name = a.name.clone();
-    let events = with_nl(&a, move |nl| async move {
-        let mut events = nl.subscribe().await.expect("subscribe");
-        sh_in(&name, "ip route del 198.18.5.0/24");
-        let route = next_matching(&mut events, "route deleted", |e| {
-            matches!(e, KernelEvent::RouteDeleted(r) if r.dst.to_string() == "198.18.5.0/24")
-        })
-        .await;
-        sh_in(&name, "ip addr add 192.0.2.77/24 dev eth0");
-        let addr = next_matching(&mut events, "address added", |e| {
-            matches!(e, KernelEvent::AddrAdded(x) if x.ip.to_string() == "192.0.2.77")
-        })
-        .await;
-        sh_in(&name, "bridge fdb add 0e:00:00:00:00:07 dev flannel.7 dst 192.0.2.2 self permanent");
-        let fdb = next_matching(&mut events, "fdb added", |e| matches!(e, KernelEvent::FdbChanged(_))).await;
-        sh_in(&name, "ip link del flannel.7");
-        let link = next_matching(&mut events, "link deleted", |e| matches!(e, KernelEvent::LinkDeleted { .. })).await;
-        (route, addr, fdb, link)
-    });
-    let (route, _addr, fdb, link) = events;
-    let KernelEvent::RouteDeleted(r) = route else { unreachable!() };
-    assert_eq!(r.gateway, Some("192.0.2.2".parse().unwrap()));
-    let KernelEvent::FdbChanged(f) = fdb else { unreachable!() };
-    assert_eq!((f.dst, f.self_flag, f.permanent), (Some("192.0.2.2".parse().unwrap()), true, true));
-    let KernelEvent::LinkDeleted { name, .. } = link else { unreachable!() };
-    assert_eq!(name, "flannel.7");
-}
-
-#[test]
-fn apply_of_a_thousand_triples_installs_them_all() {
-    let (a, _b) = pair("rtbulk");
-    let eth0 = ifindex(&a, "eth0");
-    let spec = vxlan_spec("flannel.1", 1, "192.0.2.1", eth0);
-    const N: u32 = 1000;
-    let (results, routes, neighs, fdbs) = with_nl(&a, move |nl| async move {
-        let link = nl.create_vxlan(&spec).await.unwrap();
-        nl.set_link_up(link.index).await.unwrap();
-        let mut ops = Vec::new();
-        for i in 0..N {
-            // 198.18.0.0/15 holds 2048 /26 subnets.
-            let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i * 64;
-            let subnet = format!("{}/26", std::net::Ipv4Addr::from(base));
-            let public_ip = format!("203.0.113.{}", i % 250 + 1);
-            ops.extend(triple(link.index, &subnet, peer_mac(i), &public_ip));
-        }
-        let results = nl.apply(&ops).await;
-        let routes = nl.routes().await.unwrap().into_iter().filter(|r| r.oif == Some(link.index)).count();
-        let neighs = nl.neighs(link.index).await.unwrap().len();
-        let fdbs = nl.fdbs(link.index).await.unwrap().into_iter().filter(|f| f.dst.is_some()).count();
-        (results, routes, neighs, fdbs)
-    });
-    assert_eq!(results.len(), 3 * N as usize);
-    all_ok(&results);
-    assert_eq!((routes, neighs, fdbs), (N as usize, N as usize, N as usize));
-    let count = |cmd: &str| a.sh(cmd).lines().count();
-    assert_eq!(count("ip route show dev flannel.1"), N as usize);
-    assert_eq!(count("ip neigh show dev flannel.1 nud permanent"), N as usize);
-    assert_eq!(count("bridge fdb show dev flannel.1 | grep ' dst '"), N as usize);
+    let via = with_nl(&a, |nl| async move {
+        nl.route_get("203.0.113.5".parse().unwrap()).await
+    })
+    .unwrap();
+    assert_eq!(
+        (via[0].oif, via[0].gateway),
+        (Some(eth0), Some("192.0.2.2".parse().unwrap()))
+    );
 }

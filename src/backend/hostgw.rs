@@ -56,11 +56,17 @@ impl Backend for HostGwBackend {
                 "host-gw: the public IP {} differs from the address {} of interface {}, so this node is \
                  probably behind NAT, which the host-gw backend does not support",
                 self.ext.ext_addr.map(|a| a.to_string()).unwrap_or_default(),
-                self.ext.iface_addr.map(|a| a.to_string()).unwrap_or_else(|| "(none)".into()),
+                self.ext
+                    .iface_addr
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "(none)".into()),
                 self.ext.name
             )));
         }
-        let mut attrs = LeaseAttrs { backend_type: "host-gw".into(), ..LeaseAttrs::default() };
+        let mut attrs = LeaseAttrs {
+            backend_type: "host-gw".into(),
+            ..LeaseAttrs::default()
+        };
         if self.enable_ipv4 {
             attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
         }
@@ -81,14 +87,19 @@ impl Backend for HostGwBackend {
     fn entries_for(&self, remote: &Lease, _underlay: &Underlay) -> Vec<Entry> {
         let subnet = remote.key();
         if remote.attrs.backend_type != "host-gw" {
-            if self.warn.first(format!("{subnet} type {}", remote.attrs.backend_type)) {
+            if self
+                .warn
+                .first(format!("{subnet} type {}", remote.attrs.backend_type))
+            {
                 tracing::warn!(subnet = %subnet, backend_type = %remote.attrs.backend_type,
                     "ignoring a remote lease of another backend type");
             }
             return Vec::new();
         }
         let mut out = Vec::new();
-        let v4_subnet = remote.subnet.filter(|_| self.enable_ipv4 && (remote.enable_ipv4 || !remote.enable_ipv6));
+        let v4_subnet = remote
+            .subnet
+            .filter(|_| self.enable_ipv4 && (remote.enable_ipv4 || !remote.enable_ipv6));
         if let Some(sn) = v4_subnet {
             let ip = remote.attrs.public_ip;
             if ip.is_unspecified() {
@@ -102,10 +113,8 @@ impl Backend for HostGwBackend {
         if self.enable_ipv6 && (remote.enable_ipv6 || !remote.enable_ipv4) {
             match (remote.ipv6_subnet, remote.attrs.public_ipv6) {
                 (Some(sn), Some(ip)) => out.push(peer_route(IpNet::V6(sn), IpAddr::V6(ip), self.ext.index)),
-                (Some(sn), None) => {
-                    if self.warn.first(format!("{subnet} no public ipv6")) {
-                        tracing::warn!(subnet = %sn, "skipping IPv6 of a remote lease without a public IPv6");
-                    }
+                (Some(sn), None) if self.warn.first(format!("{subnet} no public ipv6")) => {
+                    tracing::warn!(subnet = %sn, "skipping IPv6 of a remote lease without a public IPv6");
                 }
                 _ => {}
             }
@@ -131,8 +140,8 @@ impl Backend for HostGwBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::fake::FakeKernel;
     use crate::kernel::RTPROT_BOOT;
+    use crate::kernel::fake::FakeKernel;
     use crate::netconf::BackendConfig;
 
     fn conf() -> NetConf {
@@ -171,7 +180,11 @@ mod tests {
             enable_ipv6: false,
             subnet: Some(sn.parse().unwrap()),
             ipv6_subnet: None,
-            attrs: LeaseAttrs { public_ip: ip.parse().unwrap(), backend_type: ty.into(), ..LeaseAttrs::default() },
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                backend_type: ty.into(),
+                ..LeaseAttrs::default()
+            },
             expiration: None,
         }
     }
@@ -181,7 +194,10 @@ mod tests {
         let k = FakeKernel::new();
         let mut b = HostGwBackend::new(&conf(), &ext("203.0.113.5")).unwrap();
         let err = b.prepare(&k).await.unwrap_err().to_string();
-        assert!(err.contains("203.0.113.5") && err.contains("192.0.2.1") && err.contains("NAT"), "{err}");
+        assert!(
+            err.contains("203.0.113.5") && err.contains("192.0.2.1") && err.contains("NAT"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -189,7 +205,10 @@ mod tests {
         let k = FakeKernel::new();
         let mut b = HostGwBackend::new(&conf(), &ext("192.0.2.1")).unwrap();
         let attrs = b.prepare(&k).await.unwrap();
-        assert_eq!(attrs.to_json(), r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#);
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
         let own = lease("198.18.1.0/24", "192.0.2.1", "host-gw");
         assert_eq!(b.configure(&k, &own).await.unwrap(), 1500);
         assert_eq!(k.counters().mutations, 0);
@@ -198,14 +217,33 @@ mod tests {
     #[test]
     fn one_route_per_peer_via_its_public_ip() {
         let b = HostGwBackend::new(&conf(), &ext("192.0.2.1")).unwrap();
-        let got = b.entries_for(&lease("198.18.2.0/24", "192.0.2.2", "host-gw"), &Underlay::default());
-        let want = Route::unicast("198.18.2.0/24".parse().unwrap(), Some("192.0.2.2".parse().unwrap()), Some(2));
+        let got = b.entries_for(
+            &lease("198.18.2.0/24", "192.0.2.2", "host-gw"),
+            &Underlay::default(),
+        );
+        let want = Route::unicast(
+            "198.18.2.0/24".parse().unwrap(),
+            Some("192.0.2.2".parse().unwrap()),
+            Some(2),
+        );
         assert_eq!(got, vec![Entry::Route(want.clone())]);
         assert_eq!(want.protocol, RTPROT_BOOT);
         assert!(!want.onlink);
         // Other backend types and leases without a public IP are ignored.
-        assert!(b.entries_for(&lease("198.18.3.0/24", "192.0.2.3", "vxlan"), &Underlay::default()).is_empty());
-        assert!(b.entries_for(&lease("198.18.3.0/24", "0.0.0.0", "host-gw"), &Underlay::default()).is_empty());
+        assert!(
+            b.entries_for(
+                &lease("198.18.3.0/24", "192.0.2.3", "vxlan"),
+                &Underlay::default()
+            )
+            .is_empty()
+        );
+        assert!(
+            b.entries_for(
+                &lease("198.18.3.0/24", "0.0.0.0", "host-gw"),
+                &Underlay::default()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -222,8 +260,11 @@ mod tests {
         l.attrs.public_ipv6 = Some("2001:db8:ffff::2".parse().unwrap());
         let got = b.entries_for(&l, &Underlay::default());
         assert_eq!(got.len(), 2);
-        let want6 =
-            Route::unicast("2001:db8:0:2::/64".parse().unwrap(), Some("2001:db8:ffff::2".parse().unwrap()), Some(2));
+        let want6 = Route::unicast(
+            "2001:db8:0:2::/64".parse().unwrap(),
+            Some("2001:db8:ffff::2".parse().unwrap()),
+            Some(2),
+        );
         assert_eq!(got[1], Entry::Route(want6));
         let own = lease("198.18.1.0/24", "192.0.2.1", "host-gw");
         let o = b.ownership(&own);

@@ -1,9 +1,10 @@
 //! Backends: each prepares its devices, publishes its lease attributes, and says as pure data
-//! (`entries_for`) which kernel entries a remote lease needs. Kernel changes for remote leases
-//! are applied only by `reconcile::Reconciler`. The one `match` from backend type to
-//! implementation is `build`.
+//! (`entries_for`) which kernel entries a remote lease needs. A backend must not program
+//! per-lease entries itself: kernel changes for remote leases are applied only by
+//! `reconcile::Reconciler`, which also defines which objects are ours (`Ownership`). The one
+//! `match` from backend type to implementation is `build` (vxlan and host-gw so far).
 //!
-//! Spec: flanneld-behaviour.md section 9.
+//! Spec: flanneld-behaviour.md section 9 (9.1 vxlan, 9.2 host-gw); design.md sections 3 and 4.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -15,6 +16,8 @@ use crate::netconf::{BackendConfig, NetConf};
 
 pub mod hostgw;
 pub mod reconcile;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod vxlan;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +79,12 @@ impl Underlay {
     /// Upstream's DirectRouting test (`ip route get <ip>` gives one route without gateway): the
     /// longest matching prefix is a connected one (on equal length the connected prefix wins).
     pub fn is_direct(&self, ip: IpAddr) -> bool {
-        let longest = |nets: &[IpNet]| nets.iter().filter(|n| n.contains(&ip)).map(|n| n.prefix_len()).max();
+        let longest = |nets: &[IpNet]| {
+            nets.iter()
+                .filter(|n| n.contains(&ip))
+                .map(|n| n.prefix_len())
+                .max()
+        };
         match (longest(&self.connected), longest(&self.indirect)) {
             (Some(c), Some(i)) => c >= i,
             (Some(_), None) => true,
@@ -140,5 +148,38 @@ impl WarnOnce {
     pub(crate) fn first(&self, key: String) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::testutil::{kernel_with_eth0, netconf, vxlan_cfg};
+
+    #[test]
+    fn build_picks_the_backend_by_type() {
+        let (_, ext) = kernel_with_eth0();
+        let vxlan = build(&netconf(BackendConfig::Vxlan(vxlan_cfg(false))), &ext, None).unwrap();
+        assert_eq!(vxlan.kind(), "vxlan");
+        assert_eq!(vxlan.device_names(), vec!["flannel.1".to_string()]);
+        let hostgw = build(&netconf(BackendConfig::HostGw), &ext, None).unwrap();
+        assert_eq!(hostgw.kind(), "host-gw");
+        let mut udp = netconf(BackendConfig::Alloc);
+        udp.backend_type = "udp".into();
+        match build(&udp, &ext, None) {
+            Err(BackendError::NotImplemented(t)) => assert_eq!(t, "udp"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(b) => panic!("unexpected backend {}", b.kind()),
+        }
+    }
+
+    #[test]
+    fn underlay_without_indirect_prefixes_is_plain_containment() {
+        let u = Underlay {
+            connected: vec!["192.0.2.0/24".parse().unwrap()],
+            indirect: vec![],
+        };
+        assert!(u.is_direct("192.0.2.9".parse().unwrap()));
+        assert!(!u.is_direct("198.51.100.9".parse().unwrap()));
     }
 }

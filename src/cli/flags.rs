@@ -38,31 +38,70 @@ impl FlagKind {
     }
 }
 
+/// Where a flag's value goes; the variant also fixes how the value is parsed, so a flag's kind and
+/// its parser cannot disagree.
+enum Slot {
+    Bool(fn(&mut Flags) -> &mut bool),
+    Int(fn(&mut Flags) -> &mut i64),
+    Str(fn(&mut Flags) -> &mut String),
+    List(fn(&mut Flags) -> &mut Vec<String>),
+    Level(fn(&mut Flags) -> &mut i32),
+    /// A klog value stored as given after a syntax check.
+    Checked(fn(&mut Flags) -> &mut String, fn(&str) -> Result<(), ValueError>),
+}
+
 /// One entry of the flag table.
 pub struct FlagSpec {
     pub name: &'static str,
-    pub kind: FlagKind,
     /// The default as text, shown in `--help` (empty = no default shown).
     pub default: &'static str,
     pub help: &'static str,
-    set: fn(&mut Flags, &str) -> Result<(), ValueError>,
+    slot: Slot,
 }
 
 impl FlagSpec {
-    /// Parse `value` and store it in `flags`; on error `flags` is unchanged.
+    pub fn kind(&self) -> FlagKind {
+        match self.slot {
+            Slot::Bool(_) => FlagKind::Bool,
+            Slot::Int(_) => FlagKind::Int,
+            Slot::Str(_) => FlagKind::String,
+            Slot::List(_) => FlagKind::List,
+            Slot::Level(_) => FlagKind::Level,
+            Slot::Checked(..) => FlagKind::Value,
+        }
+    }
+
+    /// Parses `value` and stores it in `flags`; on error `flags` is unchanged.
     pub fn set(&self, flags: &mut Flags, value: &str) -> Result<(), ValueError> {
-        (self.set)(flags, value)
+        match self.slot {
+            Slot::Bool(field) => *field(flags) = parse_bool(value)?,
+            Slot::Int(field) => *field(flags) = parse_go_int(value)?,
+            Slot::Str(field) => *field(flags) = value.to_owned(),
+            Slot::List(field) => field(flags).push(value.to_owned()),
+            Slot::Level(field) => *field(flags) = parse_klog_level(value)?,
+            Slot::Checked(field, check) => {
+                check(value)?;
+                *field(flags) = value.to_owned();
+            }
+        }
+        Ok(())
     }
 
     /// `FLANNELD_` + upper-cased name with `-` and `.` turned into `_` (spec 1.3).
     pub fn env_name(&self) -> String {
-        format!("FLANNELD_{}", self.name.to_ascii_uppercase().replace(['-', '.'], "_"))
+        format!(
+            "FLANNELD_{}",
+            self.name.to_ascii_uppercase().replace(['-', '.'], "_")
+        )
     }
 }
 
 impl fmt::Debug for FlagSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FlagSpec").field("name", &self.name).field("kind", &self.kind).finish()
+        f.debug_struct("FlagSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind())
+            .finish()
     }
 }
 
@@ -145,7 +184,11 @@ impl Default for Flags {
 
 impl fmt::Debug for Flags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let password = if self.etcd_password.is_empty() { "" } else { "<redacted>" };
+        let password = if self.etcd_password.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
         f.debug_struct("Flags")
             .field("etcd_endpoints", &self.etcd_endpoints)
             .field("etcd_prefix", &self.etcd_prefix)
@@ -182,285 +225,96 @@ impl fmt::Debug for Flags {
     }
 }
 
-/// Builds a table entry; the setter is a plain function so the table can be a `static`.
-const fn flag(
-    name: &'static str,
-    kind: FlagKind,
-    default: &'static str,
-    help: &'static str,
-    set: fn(&mut Flags, &str) -> Result<(), ValueError>,
-) -> FlagSpec {
-    FlagSpec { name, kind, default, help, set }
+const fn flag(name: &'static str, default: &'static str, help: &'static str, slot: Slot) -> FlagSpec {
+    FlagSpec {
+        name,
+        default,
+        help,
+        slot,
+    }
 }
 
-use FlagKind::{Bool, Int, Level, List, String as Str, Value};
+use Slot::{Bool, Checked, Int, Level, List, Str};
 
 /// Every flag, sorted by name (the order FLANNELD_* variables are applied in and `--help` lists).
+#[rustfmt::skip]
 pub static FLAGS: &[FlagSpec] = &[
-    flag("etcd-cafile", Str, "", "CA certificate file that verifies the etcd server (system roots when empty)", |f, v| {
-        f.etcd_cafile = v.into();
-        Ok(())
-    }),
-    flag("etcd-certfile", Str, "", "TLS client certificate file for etcd (TLS needs both this and -etcd-keyfile)", |f, v| {
-        f.etcd_certfile = v.into();
-        Ok(())
-    }),
-    flag(
-        "etcd-endpoints",
-        Str,
-        "http://127.0.0.1:4001,http://127.0.0.1:2379",
-        "comma-separated list of etcd endpoints",
-        |f, v| {
-            f.etcd_endpoints = v.into();
-            Ok(())
-        },
-    ),
-    flag("etcd-keyfile", Str, "", "TLS client key file for etcd (TLS needs both this and -etcd-certfile)", |f, v| {
-        f.etcd_keyfile = v.into();
-        Ok(())
-    }),
-    flag("etcd-password", Str, "", "password for etcd authentication (never logged)", |f, v| {
-        f.etcd_password = v.into();
-        Ok(())
-    }),
-    flag(
-        "etcd-prefix",
-        Str,
-        "/coreos.com/network",
-        "etcd key prefix holding the network config and the subnet leases",
-        |f, v| {
-            f.etcd_prefix = v.into();
-            Ok(())
-        },
-    ),
-    flag("etcd-username", Str, "", "user name for etcd authentication", |f, v| {
-        f.etcd_username = v.into();
-        Ok(())
-    }),
-    flag(
-        "healthz-ip",
-        Str,
-        "0.0.0.0",
-        "address the health endpoints (/healthz, /readyz) listen on",
-        |f, v| {
-            f.healthz_ip = v.into();
-            Ok(())
-        },
-    ),
-    flag("healthz-port", Int, "", "port of the health endpoints; 0 turns them off", |f, v| {
-        f.healthz_port = parse_go_int(v)?;
-        Ok(())
-    }),
-    flag(
-        "iface",
-        List,
-        "",
-        "interface name or IP address to use for traffic between hosts; repeat it to list fallbacks, tried in order",
-        |f, v| {
-            f.iface.push(v.into());
-            Ok(())
-        },
-    ),
-    flag(
-        "iface-can-reach",
-        Str,
-        "",
-        "use the interface whose route reaches this IP address (tried after -iface and -iface-regex)",
-        |f, v| {
-            f.iface_can_reach = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "iface-regex",
-        List,
-        "",
-        "regular expression matched against interface addresses, then names; repeatable, tried after every -iface",
-        |f, v| {
-            f.iface_regex.push(v.into());
-            Ok(())
-        },
-    ),
-    flag(
-        "ip-blackhole-route",
-        Bool,
-        "",
-        "add a blackhole route for this node's subnet so traffic to unused pod addresses is dropped",
-        |f, v| {
-            f.ip_blackhole_route = parse_bool(v)?;
-            Ok(())
-        },
-    ),
-    flag("ip-masq", Bool, "", "masquerade traffic that leaves the flannel network", |f, v| {
-        f.ip_masq = parse_bool(v)?;
-        Ok(())
-    }),
-    flag(
-        "ip-masq-fully-random-disable",
-        Bool,
-        "",
-        "do not add --random-fully to the masquerade rules",
-        |f, v| {
-            f.ip_masq_fully_random_disable = parse_bool(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "iptables-forward-rules",
-        Bool,
-        "true",
-        "accept forwarded traffic of the flannel network in the FORWARD chain",
-        |f, v| {
-            f.iptables_forward_rules = parse_bool(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "iptables-resync",
-        Int,
-        "5",
-        "seconds between checks that the firewall rules are still in place",
-        |f, v| {
-            f.iptables_resync = parse_go_int(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "kube-annotation-prefix",
-        Str,
-        "flannel.alpha.coreos.com",
-        "prefix of the node annotations flannel reads and writes",
-        |f, v| {
-            f.kube_annotation_prefix = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "kube-api-url",
-        Str,
-        "",
-        "Kubernetes API server URL; overrides the server of the kubeconfig (in-cluster config when both are empty)",
-        |f, v| {
-            f.kube_api_url = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "kube-subnet-mgr",
-        Bool,
-        "",
-        "take this node's subnet from the Kubernetes API (node podCIDR) instead of etcd",
-        |f, v| {
-            f.kube_subnet_mgr = parse_bool(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "kubeconfig-file",
-        Str,
-        "",
-        "kubeconfig file for the Kubernetes API (in-cluster config when empty; KUBECONFIG is not read)",
-        |f, v| {
-            f.kubeconfig_file = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "log_backtrace_at",
-        Value,
-        ":0",
-        "accepted for compatibility with klog (file.go:N); has no effect",
-        |f, v| {
-            check_trace_location(v)?;
-            f.log_backtrace_at = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "net-config-path",
-        Str,
-        "/etc/kube-flannel/net-conf.json",
-        "network configuration file read in Kubernetes mode",
-        |f, v| {
-            f.net_config_path = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "public-ip",
-        Str,
-        "",
-        "IPv4 address other nodes use to reach this node (default: the address of the chosen interface)",
-        |f, v| {
-            f.public_ip = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "public-ipv6",
-        Str,
-        "",
-        "IPv6 address other nodes use to reach this node (default: the IPv6 address of the chosen interface)",
-        |f, v| {
-            f.public_ipv6 = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "set-node-network-unavailable",
-        Bool,
-        "true",
-        "in Kubernetes mode, clear the node's NetworkUnavailable condition once the network is up",
-        |f, v| {
-            f.set_node_network_unavailable = parse_bool(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "subnet-file",
-        Str,
-        "/run/flannel/subnet.env",
-        "file that receives this node's subnet settings (FLANNEL_NETWORK, FLANNEL_SUBNET, ...)",
-        |f, v| {
-            f.subnet_file = v.into();
-            Ok(())
-        },
-    ),
-    flag(
-        "subnet-lease-renew-margin",
-        Int,
-        "60",
-        "renew the subnet lease this many minutes before it expires (1 to 1439)",
-        |f, v| {
-            f.subnet_lease_renew_margin = parse_go_int(v)?;
-            Ok(())
-        },
-    ),
-    flag(
-        "v",
-        Level,
-        "0",
-        "log verbosity: 0 info, 1 to 4 debug, 5 and more trace (RUST_LOG, when set, takes precedence)",
-        |f, v| {
-            f.v = parse_klog_level(v)?;
-            Ok(())
-        },
-    ),
-    flag("version", Bool, "", "print the version to stderr and exit", |f, v| {
-        f.version = parse_bool(v)?;
-        Ok(())
-    }),
-    flag(
-        "vmodule",
-        Value,
-        "",
-        "accepted for compatibility with klog (pattern=N,...); has no effect",
-        |f, v| {
-            check_vmodule(v)?;
-            f.vmodule = v.into();
-            Ok(())
-        },
-    ),
+    flag("etcd-cafile", "", "CA certificate file that verifies the etcd server (system roots when empty)",
+        Str(|f| &mut f.etcd_cafile)),
+    flag("etcd-certfile", "", "TLS client certificate file for etcd (TLS needs both this and -etcd-keyfile)",
+        Str(|f| &mut f.etcd_certfile)),
+    flag("etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated list of etcd endpoints",
+        Str(|f| &mut f.etcd_endpoints)),
+    flag("etcd-keyfile", "", "TLS client key file for etcd (TLS needs both this and -etcd-certfile)",
+        Str(|f| &mut f.etcd_keyfile)),
+    flag("etcd-password", "", "password for etcd authentication (never logged)",
+        Str(|f| &mut f.etcd_password)),
+    flag("etcd-prefix", "/coreos.com/network", "etcd key prefix holding the network config and the subnet leases",
+        Str(|f| &mut f.etcd_prefix)),
+    flag("etcd-username", "", "user name for etcd authentication",
+        Str(|f| &mut f.etcd_username)),
+    flag("healthz-ip", "0.0.0.0", "address the health endpoints (/healthz, /readyz) listen on",
+        Str(|f| &mut f.healthz_ip)),
+    flag("healthz-port", "", "port of the health endpoints; 0 turns them off",
+        Int(|f| &mut f.healthz_port)),
+    flag("iface", "", "interface name or IP address to use for traffic between hosts; \
+        repeat it to list fallbacks, tried in order",
+        List(|f| &mut f.iface)),
+    flag("iface-can-reach", "", "use the interface whose route reaches this IP address \
+        (tried after -iface and -iface-regex)",
+        Str(|f| &mut f.iface_can_reach)),
+    flag("iface-regex", "", "regular expression matched against interface addresses, then names; \
+        repeatable, tried after every -iface",
+        List(|f| &mut f.iface_regex)),
+    flag("ip-blackhole-route", "", "add a blackhole route for this node's subnet so traffic to unused \
+        pod addresses is dropped",
+        Bool(|f| &mut f.ip_blackhole_route)),
+    flag("ip-masq", "", "masquerade traffic that leaves the flannel network",
+        Bool(|f| &mut f.ip_masq)),
+    flag("ip-masq-fully-random-disable", "", "do not add --random-fully to the masquerade rules",
+        Bool(|f| &mut f.ip_masq_fully_random_disable)),
+    flag("iptables-forward-rules", "true", "accept forwarded traffic of the flannel network in the FORWARD chain",
+        Bool(|f| &mut f.iptables_forward_rules)),
+    flag("iptables-resync", "5", "seconds between checks that the firewall rules are still in place",
+        Int(|f| &mut f.iptables_resync)),
+    flag("kube-annotation-prefix", "flannel.alpha.coreos.com", "prefix of the node annotations flannel reads \
+        and writes",
+        Str(|f| &mut f.kube_annotation_prefix)),
+    flag("kube-api-url", "", "Kubernetes API server URL; overrides the server of the kubeconfig \
+        (in-cluster config when both are empty)",
+        Str(|f| &mut f.kube_api_url)),
+    flag("kube-subnet-mgr", "", "take this node's subnet from the Kubernetes API (node podCIDR) instead of etcd",
+        Bool(|f| &mut f.kube_subnet_mgr)),
+    flag("kubeconfig-file", "", "kubeconfig file for the Kubernetes API (in-cluster config when empty; \
+        KUBECONFIG is not read)",
+        Str(|f| &mut f.kubeconfig_file)),
+    flag("log_backtrace_at", ":0", "accepted for compatibility with klog (file.go:N); has no effect",
+        Checked(|f| &mut f.log_backtrace_at, check_trace_location)),
+    flag("net-config-path", "/etc/kube-flannel/net-conf.json", "network configuration file read in \
+        Kubernetes mode",
+        Str(|f| &mut f.net_config_path)),
+    flag("public-ip", "", "IPv4 address other nodes use to reach this node (default: the address of the \
+        chosen interface)",
+        Str(|f| &mut f.public_ip)),
+    flag("public-ipv6", "", "IPv6 address other nodes use to reach this node (default: the IPv6 address \
+        of the chosen interface)",
+        Str(|f| &mut f.public_ipv6)),
+    flag("set-node-network-unavailable", "true", "in Kubernetes mode, clear the node's NetworkUnavailable \
+        condition once the network is up",
+        Bool(|f| &mut f.set_node_network_unavailable)),
+    flag("subnet-file", "/run/flannel/subnet.env", "file that receives this node's subnet settings \
+        (FLANNEL_NETWORK, FLANNEL_SUBNET, ...)",
+        Str(|f| &mut f.subnet_file)),
+    flag("subnet-lease-renew-margin", "60", "renew the subnet lease this many minutes before it expires \
+        (1 to 1439)",
+        Int(|f| &mut f.subnet_lease_renew_margin)),
+    flag("v", "0", "log verbosity: 0 info, 1 to 4 debug, 5 and more trace (RUST_LOG, when set, takes \
+        precedence)",
+        Level(|f| &mut f.v)),
+    flag("version", "", "print the version to stderr and exit",
+        Bool(|f| &mut f.version)),
+    flag("vmodule", "", "accepted for compatibility with klog (pattern=N,...); has no effect",
+        Checked(|f| &mut f.vmodule, check_vmodule)),
 ];
 
 /// The table entry for `name` (without dashes), if it is a flag.
@@ -483,13 +337,13 @@ pub fn help_text() -> String {
          \n",
     );
     for spec in FLAGS {
-        let type_word = spec.kind.help_type();
+        let type_word = spec.kind().help_type();
         if type_word.is_empty() {
             text.push_str(&format!("  -{}\n", spec.name));
         } else {
             text.push_str(&format!("  -{} {}\n", spec.name, type_word));
         }
-        let default = match (spec.kind, spec.default) {
+        let default = match (spec.kind(), spec.default) {
             (_, "") => String::new(),
             (FlagKind::String, value) => format!(" (default {value:?})"),
             (_, value) => format!(" (default {value})"),
@@ -556,16 +410,17 @@ mod tests {
     #[test]
     fn table_defaults_agree_with_flags_default() {
         // Setting each scalar flag to its documented default leaves Flags::default() unchanged.
-        for spec in FLAGS.iter().filter(|spec| spec.kind != FlagKind::List) {
+        for spec in FLAGS.iter().filter(|spec| spec.kind() != FlagKind::List) {
             let mut flags = Flags::default();
-            let text = match (spec.kind, spec.default) {
+            let text = match (spec.kind(), spec.default) {
                 (FlagKind::Bool, "") => "false",
                 (FlagKind::Int, "") => "0",
                 // klog rejects its own ":0" default text; it is only shown, never parsed.
                 (FlagKind::Value, ":0") => continue,
                 (_, text) => text,
             };
-            spec.set(&mut flags, text).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+            spec.set(&mut flags, text)
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
             assert_eq!(flags, Flags::default(), "{}", spec.name);
         }
     }
@@ -582,18 +437,23 @@ mod tests {
         ];
         let mut seen = Vec::new();
         for spec in FLAGS {
-            let Some((_, value)) = samples.iter().find(|(kind, _)| *kind == spec.kind) else {
-                panic!("no sample for {:?}", spec.kind);
+            let Some((_, value)) = samples.iter().find(|(kind, _)| *kind == spec.kind()) else {
+                panic!("no sample for {:?}", spec.kind());
             };
-            let value = match (spec.name, spec.kind, spec.default) {
+            let value = match (spec.name, spec.kind(), spec.default) {
                 ("vmodule", _, _) => "x=7",
                 (_, FlagKind::Bool, "true") => "false",
                 _ => value,
             };
             let mut flags = Flags::default();
-            spec.set(&mut flags, value).unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+            spec.set(&mut flags, value)
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
             assert_ne!(flags, Flags::default(), "{} changed nothing", spec.name);
-            assert!(!seen.contains(&format!("{flags:?}")), "{} sets the same field as another flag", spec.name);
+            assert!(
+                !seen.contains(&format!("{flags:?}")),
+                "{} sets the same field as another flag",
+                spec.name
+            );
             seen.push(format!("{flags:?}"));
         }
     }
@@ -603,15 +463,27 @@ mod tests {
         let env = |name| lookup(name).map(FlagSpec::env_name);
         assert_eq!(env("etcd-endpoints").as_deref(), Some("FLANNELD_ETCD_ENDPOINTS"));
         assert_eq!(env("ip-masq").as_deref(), Some("FLANNELD_IP_MASQ"));
-        assert_eq!(env("kube-subnet-mgr").as_deref(), Some("FLANNELD_KUBE_SUBNET_MGR"));
-        assert_eq!(env("iptables-forward-rules").as_deref(), Some("FLANNELD_IPTABLES_FORWARD_RULES"));
+        assert_eq!(
+            env("kube-subnet-mgr").as_deref(),
+            Some("FLANNELD_KUBE_SUBNET_MGR")
+        );
+        assert_eq!(
+            env("iptables-forward-rules").as_deref(),
+            Some("FLANNELD_IPTABLES_FORWARD_RULES")
+        );
         assert_eq!(env("v").as_deref(), Some("FLANNELD_V"));
-        assert_eq!(env("log_backtrace_at").as_deref(), Some("FLANNELD_LOG_BACKTRACE_AT"));
+        assert_eq!(
+            env("log_backtrace_at").as_deref(),
+            Some("FLANNELD_LOG_BACKTRACE_AT")
+        );
     }
 
     #[test]
     fn debug_never_shows_the_password() {
-        let flags = Flags { etcd_password: "hunter2".into(), ..Flags::default() };
+        let flags = Flags {
+            etcd_password: "hunter2".into(),
+            ..Flags::default()
+        };
         let shown = format!("{flags:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
@@ -621,7 +493,11 @@ mod tests {
     fn help_lists_every_flag_with_defaults() {
         let help = help_text();
         for spec in FLAGS {
-            assert!(help.contains(&format!("  -{}", spec.name)), "{} missing from help", spec.name);
+            assert!(
+                help.contains(&format!("  -{}", spec.name)),
+                "{} missing from help",
+                spec.name
+            );
         }
         assert!(help.contains("(default \"/coreos.com/network\")"), "{help}");
         assert!(help.contains("(default 60)"), "{help}");

@@ -43,7 +43,10 @@ pub fn parse_go_int(text: &str) -> Result<i64, ValueError> {
 
 /// klog `Level.Set`: `strconv.ParseInt(text, 10, 32)` (decimal only, no separators).
 pub fn parse_klog_level(text: &str) -> Result<i32, ValueError> {
-    let range = ValueError::IntOutOfRange { min: i64::from(i32::MIN), max: i64::from(i32::MAX) };
+    let range = ValueError::IntOutOfRange {
+        min: i64::from(i32::MIN),
+        max: i64::from(i32::MAX),
+    };
     let (negative, unsigned) = split_sign(text);
     let magnitude = parse_digits(unsigned, 10, false).map_err(|err| match err {
         ValueError::IntOutOfRange { .. } => range.clone(),
@@ -136,7 +139,10 @@ fn parse_digits(digits: &str, radix: u32, allow_underscore: bool) -> Result<u64,
         }
         let digit = ch.to_digit(radix).ok_or(ValueError::NotInt)?;
         saw_digit = true;
-        match value.checked_mul(u64::from(radix)).and_then(|v| v.checked_add(u64::from(digit))) {
+        match value
+            .checked_mul(u64::from(radix))
+            .and_then(|v| v.checked_add(u64::from(digit)))
+        {
             Some(next) => value = next,
             None => overflow = true,
         }
@@ -145,7 +151,10 @@ fn parse_digits(digits: &str, radix: u32, allow_underscore: bool) -> Result<u64,
         return Err(ValueError::NotInt);
     }
     if overflow {
-        return Err(ValueError::IntOutOfRange { min: i64::MIN, max: i64::MAX });
+        return Err(ValueError::IntOutOfRange {
+            min: i64::MIN,
+            max: i64::MAX,
+        });
     }
     Ok(value)
 }
@@ -255,8 +264,15 @@ mod tests {
         for text in syntax {
             assert_eq!(parse_go_int(text), Err(ValueError::NotInt), "{text:?}");
         }
-        for text in ["9223372036854775808", "-9223372036854775809", "0xffffffffffffffffff"] {
-            assert!(matches!(parse_go_int(text), Err(ValueError::IntOutOfRange { .. })), "{text}");
+        for text in [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "0xffffffffffffffffff",
+        ] {
+            assert!(
+                matches!(parse_go_int(text), Err(ValueError::IntOutOfRange { .. })),
+                "{text}"
+            );
         }
     }
 
@@ -271,7 +287,10 @@ mod tests {
         for text in ["", "x", "0x10", "1_0", "1.0"] {
             assert_eq!(parse_klog_level(text), Err(ValueError::NotInt), "{text:?}");
         }
-        assert!(matches!(parse_klog_level("2147483648"), Err(ValueError::IntOutOfRange { .. })));
+        assert!(matches!(
+            parse_klog_level("2147483648"),
+            Err(ValueError::IntOutOfRange { .. })
+        ));
     }
 
     #[test]
@@ -289,8 +308,20 @@ mod tests {
         for text in ["", "main.go:12", "x.y:1"] {
             assert_eq!(check_trace_location(text), Ok(()), "{text:?}");
         }
-        for text in [":0", "main.go:0", "main.go:-1", "main:3", "main.go", "a.go:1:2", "a.go:x"] {
-            assert_eq!(check_trace_location(text), Err(ValueError::BadTraceLocation), "{text:?}");
+        for text in [
+            ":0",
+            "main.go:0",
+            "main.go:-1",
+            "main:3",
+            "main.go",
+            "a.go:1:2",
+            "a.go:x",
+        ] {
+            assert_eq!(
+                check_trace_location(text),
+                Err(ValueError::BadTraceLocation),
+                "{text:?}"
+            );
         }
     }
 }

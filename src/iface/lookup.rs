@@ -47,7 +47,12 @@ pub(super) struct Found<'a> {
 
 impl<'a> Found<'a> {
     fn new(link: &'a Link, why: String) -> Found<'a> {
-        Found { link, v4: None, v6: None, why }
+        Found {
+            link,
+            v4: None,
+            v6: None,
+            why,
+        }
     }
 }
 
@@ -62,7 +67,11 @@ impl<'a> View<'a> {
     pub fn new(snap: &'a NetSnapshot) -> View<'a> {
         let mut links: Vec<&Link> = snap.links.iter().collect();
         links.sort_by_key(|l| l.index);
-        View { links, addrs: &snap.addrs, routes: &snap.routes }
+        View {
+            links,
+            addrs: &snap.addrs,
+            routes: &snap.routes,
+        }
     }
 
     fn by_name(&self, name: &str) -> Option<&'a Link> {
@@ -75,7 +84,10 @@ impl<'a> View<'a> {
 
     /// The first interface (index order) carrying exactly this address, whatever its flags.
     fn owner_of(&self, ip: IpAddr) -> Option<&'a Link> {
-        self.links.iter().copied().find(|l| self.addrs.iter().any(|a| a.index == l.index && a.ip == ip))
+        self.links
+            .iter()
+            .copied()
+            .find(|l| self.addrs.iter().any(|a| a.index == l.index && a.ip == ip))
     }
 
     /// Usable addresses of one family on one link, best first: global or link-local unicast,
@@ -126,7 +138,11 @@ impl<'a> View<'a> {
             }
             parts.push(format!("{}:[{}]", link.name, ips.join(" ")));
         }
-        if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
@@ -134,7 +150,11 @@ impl<'a> View<'a> {
 pub(super) fn is_global_unicast(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
-            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.is_link_local())
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_link_local())
         }
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => is_global_unicast(IpAddr::V4(v4)),
@@ -182,7 +202,9 @@ pub(super) fn by_ip<'a>(
         IpAddr::V6(a) => found.v6 = Some(a),
     }
     if let (true, Some(p6)) = (stack.dual(), public_ipv6) {
-        let owner = view.owner_of(IpAddr::V6(p6)).ok_or(LookupFailure::NoOwnerPublicV6 { ip: p6 })?;
+        let owner = view
+            .owner_of(IpAddr::V6(p6))
+            .ok_or(LookupFailure::NoOwnerPublicV6 { ip: p6 })?;
         if owner.index != link.index {
             return Err(LookupFailure::PublicV6OnOtherIface {
                 ip: p6,
@@ -196,7 +218,9 @@ pub(super) fn by_ip<'a>(
 }
 
 pub(super) fn by_name<'a>(view: &View<'a>, name: &str) -> Result<Found<'a>, LookupFailure> {
-    let link = view.by_name(name).ok_or_else(|| LookupFailure::NoSuchName { name: name.to_string() })?;
+    let link = view.by_name(name).ok_or_else(|| LookupFailure::NoSuchName {
+        name: name.to_string(),
+    })?;
     Ok(Found::new(link, format!("interface {name} exists")))
 }
 
@@ -209,14 +233,28 @@ pub(super) fn by_regex<'a>(view: &View<'a>, stack: Stack, pattern: &str) -> Resu
     })?;
     let first_match = |ips: Vec<IpAddr>| ips.into_iter().find(|ip| re.is_match(&ip.to_string()));
     for link in &view.links {
-        let v4 = if stack.v4 { first_match(view.usable(link, Family::V4)) } else { None };
-        let v6 = if stack.v6 { first_match(view.usable(link, Family::V6)) } else { None };
+        let v4 = if stack.v4 {
+            first_match(view.usable(link, Family::V4))
+        } else {
+            None
+        };
+        let v6 = if stack.v6 {
+            first_match(view.usable(link, Family::V6))
+        } else {
+            None
+        };
         if (stack.v4 && v4.is_none()) || (stack.v6 && v6.is_none()) {
             continue;
         }
         let shown: Vec<String> = v4.iter().chain(v6.iter()).map(ToString::to_string).collect();
-        let mut found =
-            Found::new(link, format!("address {} of interface {} matches", shown.join(" and "), link.name));
+        let mut found = Found::new(
+            link,
+            format!(
+                "address {} of interface {} matches",
+                shown.join(" and "),
+                link.name
+            ),
+        );
         found.v4 = v4.and_then(as_v4);
         found.v6 = v6.and_then(as_v6);
         return Ok(found);
@@ -226,8 +264,13 @@ pub(super) fn by_regex<'a>(view: &View<'a>, stack: Stack, pattern: &str) -> Resu
         .iter()
         .copied()
         .find(|l| re.is_match(&l.name))
-        .ok_or_else(|| LookupFailure::RegexNoMatch { regex: pattern.to_string() })?;
-    Ok(Found::new(link, format!("no address matches, interface name {} does", link.name)))
+        .ok_or_else(|| LookupFailure::RegexNoMatch {
+            regex: pattern.to_string(),
+        })?;
+    Ok(Found::new(
+        link,
+        format!("no address matches, interface name {} does", link.name),
+    ))
 }
 
 /// `ip route get <ip>`: the first route's device; its preferred source becomes the address of
@@ -240,13 +283,18 @@ pub(super) fn by_can_reach<'a>(
     let routes = match lookup {
         CanReach::NotLookedUp => return Err(LookupFailure::RouteNotLookedUp { ip }),
         CanReach::Failed(message) => {
-            return Err(LookupFailure::RouteGet { ip, message: message.to_string() });
+            return Err(LookupFailure::RouteGet {
+                ip,
+                message: message.to_string(),
+            });
         }
         CanReach::Routes(routes) => routes,
     };
     let route = routes.first().ok_or(LookupFailure::NoRoute { ip })?;
     let index = route.oif.ok_or(LookupFailure::RouteWithoutIface { ip })?;
-    let link = view.by_index(index).ok_or(LookupFailure::UnknownIndex { index })?;
+    let link = view
+        .by_index(index)
+        .ok_or(LookupFailure::UnknownIndex { index })?;
     let mut found = Found::new(link, format!("the route to {ip} leaves through {}", link.name));
     match route.prefsrc {
         Some(IpAddr::V4(a)) => found.v4 = Some(a),
@@ -280,12 +328,14 @@ pub(super) fn by_default_route<'a>(view: &View<'a>, stack: Stack) -> Result<Foun
     let v4 = if stack.v4 { Some(pick(Family::V4)?) } else { None };
     let v6 = if stack.v6 { Some(pick(Family::V6)?) } else { None };
     match (v4, v6) {
-        (Some(l4), Some(l6)) if l4.index != l6.index => {
-            Err(LookupFailure::DefaultRoutesDiffer { v6_iface: l6.name.clone(), v4_iface: l4.name.clone() })
-        }
-        (Some(link), _) | (None, Some(link)) => {
-            Ok(Found::new(link, format!("the default route leaves through {}", link.name)))
-        }
+        (Some(l4), Some(l6)) if l4.index != l6.index => Err(LookupFailure::DefaultRoutesDiffer {
+            v6_iface: l6.name.clone(),
+            v4_iface: l4.name.clone(),
+        }),
+        (Some(link), _) | (None, Some(link)) => Ok(Found::new(
+            link,
+            format!("the default route leaves through {}", link.name),
+        )),
         // `select` rejects a request without any family before any lookup runs.
         (None, None) => Err(LookupFailure::NoDefaultRoute { family: Family::V4 }),
     }
@@ -317,17 +367,31 @@ pub(super) fn resolve(
     let link = found.link;
     let mut reasons = vec![found.why];
     let iface_addr = if stack.v4 {
-        Some(pick_addr(found.v4, view.usable_v4(link), link, Family::V4, &mut reasons)?)
+        Some(pick_addr(
+            found.v4,
+            view.usable_v4(link),
+            link,
+            Family::V4,
+            &mut reasons,
+        )?)
     } else {
         None
     };
     let iface_v6_addr = if stack.v6 {
-        Some(pick_addr(found.v6, view.usable_v6(link), link, Family::V6, &mut reasons)?)
+        Some(pick_addr(
+            found.v6,
+            view.usable_v6(link),
+            link,
+            Family::V6,
+            &mut reasons,
+        )?)
     } else {
         None
     };
     if link.mtu == 0 {
-        return Err(LookupFailure::ZeroMtu { iface: link.name.clone() });
+        return Err(LookupFailure::ZeroMtu {
+            iface: link.name.clone(),
+        });
     }
     let ext_addr = match req.public_ip {
         Some(ip) => {
@@ -365,10 +429,13 @@ fn pick_addr<A: Copy + fmt::Display>(
     if let Some(a) = fixed {
         return Ok(a);
     }
-    let first = usable
-        .first()
-        .copied()
-        .ok_or_else(|| LookupFailure::NoAddress { iface: link.name.clone(), family })?;
-    reasons.push(format!("{family} address {first} is the first usable one of {}", link.name));
+    let first = usable.first().copied().ok_or_else(|| LookupFailure::NoAddress {
+        iface: link.name.clone(),
+        family,
+    })?;
+    reasons.push(format!(
+        "{family} address {first} is the first usable one of {}",
+        link.name
+    ));
     Ok(first)
 }

@@ -21,6 +21,8 @@ mod lookup;
 mod tests;
 #[cfg(test)]
 mod tests_dual;
+#[cfg(test)]
+mod tests_errors;
 
 use lookup::{CanReach, Stack, View};
 
@@ -109,9 +111,14 @@ impl fmt::Display for Selector {
             Selector::Iface(v) => write!(f, "--iface {v:?}"),
             Selector::IfaceRegex(v) => write!(f, "--iface-regex {v:?}"),
             Selector::CanReach(ip) => write!(f, "--iface-can-reach {ip}"),
-            Selector::PublicIp(ip) => write!(f, "--public-ip {ip} (no --iface given: the interface owning it)"),
+            Selector::PublicIp(ip) => {
+                write!(f, "--public-ip {ip} (no --iface given: the interface owning it)")
+            }
             Selector::PublicIpv6(ip) => {
-                write!(f, "--public-ipv6 {ip} (no --iface given: the interface owning it)")
+                write!(
+                    f,
+                    "--public-ipv6 {ip} (no --iface given: the interface owning it)"
+                )
             }
             Selector::DefaultRoute => f.write_str("the default route"),
         }
@@ -125,13 +132,19 @@ pub enum LookupFailure {
     NoSuchName { name: String },
     #[error("no interface has the address {ip}")]
     NoOwner { ip: IpAddr },
-    #[error("no interface has the --public-ipv6 address {ip}, which dual stack requires on the chosen interface")]
+    #[error(
+        "no interface has the --public-ipv6 address {ip}, which dual stack requires on the chosen interface"
+    )]
     NoOwnerPublicV6 { ip: Ipv6Addr },
     #[error(
         "the --public-ipv6 address {ip} is on interface {v6_iface}, not on the chosen interface {iface}; \
          dual stack needs both families on one interface"
     )]
-    PublicV6OnOtherIface { ip: Ipv6Addr, v6_iface: String, iface: String },
+    PublicV6OnOtherIface {
+        ip: Ipv6Addr,
+        v6_iface: String,
+        iface: String,
+    },
     #[error("compiling the regular expression {regex:?}: {message}")]
     BadRegex { regex: String, message: String },
     #[error("the pattern {regex:?} matches no usable address and no interface name")]
@@ -192,14 +205,21 @@ pub enum IfaceError {
          available interfaces: {available}",
         join_attempts(.attempts)
     )]
-    NoMatch { attempts: Vec<Attempt>, available: String },
+    NoMatch {
+        attempts: Vec<Attempt>,
+        available: String,
+    },
     /// No selector flag was given and the implicit lookup (public IP or default route) failed.
     #[error("finding the external interface by {}: {}; available interfaces: {available}", .attempt.selector, .attempt.failure)]
     NotFound { attempt: Attempt, available: String },
 }
 
 fn join_attempts(attempts: &[Attempt]) -> String {
-    attempts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    attempts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Choose the external interface (spec 7). Without `--iface`, `--iface-regex` and
@@ -219,8 +239,15 @@ pub fn select(
     select_with(req, snap, can_reach)
 }
 
-fn select_with(req: &IfaceRequest, snap: &NetSnapshot, can_reach: CanReach<'_>) -> Result<Selection, IfaceError> {
-    let stack = Stack { v4: req.ipv4, v6: req.ipv6 };
+fn select_with(
+    req: &IfaceRequest,
+    snap: &NetSnapshot,
+    can_reach: CanReach<'_>,
+) -> Result<Selection, IfaceError> {
+    let stack = Stack {
+        v4: req.ipv4,
+        v6: req.ipv6,
+    };
     if !stack.v4 && !stack.v6 {
         return Err(IfaceError::NoFamily);
     }
@@ -277,7 +304,9 @@ fn try_selector(
 ) -> Result<(ExternalInterface, Vec<String>), LookupFailure> {
     let found = match selector {
         // An empty value reaches upstream's lookup as "nothing given", i.e. the default route.
-        Selector::Iface(v) | Selector::IfaceRegex(v) if v.is_empty() => lookup::by_default_route(view, stack)?,
+        Selector::Iface(v) | Selector::IfaceRegex(v) if v.is_empty() => {
+            lookup::by_default_route(view, stack)?
+        }
         Selector::Iface(v) => match lookup::parse_ip(v) {
             Some(ip) => lookup::by_ip(view, stack, ip, req.public_ipv6)?,
             None => lookup::by_name(view, v)?,

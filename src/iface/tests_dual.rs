@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::stream::BoxStream;
 
-use super::tests::{addr, link, route, v4, v6};
+use super::tests::{addr, failure_of as failures, link, route, v4, v6};
 use super::*;
 use crate::kernel::{Fdb, KResult, Link, Neigh, Op, VxlanSpec};
 
@@ -29,18 +29,17 @@ fn dual() -> NetSnapshot {
 }
 
 fn req_dual() -> IfaceRequest {
-    IfaceRequest { ipv4: true, ipv6: true, ..IfaceRequest::default() }
+    IfaceRequest {
+        ipv4: true,
+        ipv6: true,
+        ..IfaceRequest::default()
+    }
 }
 
 fn req_v6() -> IfaceRequest {
-    IfaceRequest { ipv6: true, ..IfaceRequest::default() }
-}
-
-fn failures(err: &IfaceError) -> Vec<LookupFailure> {
-    match err {
-        IfaceError::NoMatch { attempts, .. } => attempts.iter().map(|a| a.failure.clone()).collect(),
-        IfaceError::NotFound { attempt, .. } => vec![attempt.failure.clone()],
-        other => panic!("unexpected error {other}"),
+    IfaceRequest {
+        ipv6: true,
+        ..IfaceRequest::default()
     }
 }
 
@@ -51,7 +50,10 @@ fn addrs_of(sel: &Selection) -> (&str, Option<std::net::Ipv4Addr>, Option<std::n
 #[test]
 fn dual_default_routes_on_one_interface() {
     let sel = select(&req_dual(), &dual(), None).expect("selection");
-    assert_eq!(addrs_of(&sel), ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::10"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::10")))
+    );
     assert_eq!(sel.ext.ext_addr, Some(v4("192.0.2.10")));
     assert_eq!(sel.ext.ext_v6_addr, Some(v6("2001:db8:1::10")));
 }
@@ -63,17 +65,28 @@ fn dual_default_routes_must_agree_and_both_exist() {
     let err = select(&req_dual(), &snap, None).expect_err("different interfaces");
     assert_eq!(
         failures(&err),
-        vec![LookupFailure::DefaultRoutesDiffer { v6_iface: "eth1".into(), v4_iface: "eth0".into() }]
+        vec![LookupFailure::DefaultRoutesDiffer {
+            v6_iface: "eth1".into(),
+            v4_iface: "eth0".into()
+        }]
     );
     assert!(
-        err.to_string().contains("the IPv6 default route uses interface eth1 but the IPv4 default route uses eth0"),
+        err.to_string()
+            .contains("the IPv6 default route uses interface eth1 but the IPv4 default route uses eth0"),
         "{err}"
     );
-    assert!(err.to_string().contains("eth0:[192.0.2.10 2001:db8:1::10 2001:db8:1::11 fe80::2]"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("eth0:[192.0.2.10 2001:db8:1::10 2001:db8:1::11 fe80::2]"),
+        "{err}"
+    );
 
     snap.routes = vec![route("0.0.0.0/0", 2)];
     let err = select(&req_dual(), &snap, None).expect_err("no v6 default");
-    assert_eq!(failures(&err), vec![LookupFailure::NoDefaultRoute { family: Family::V6 }]);
+    assert_eq!(
+        failures(&err),
+        vec![LookupFailure::NoDefaultRoute { family: Family::V6 }]
+    );
 }
 
 #[test]
@@ -82,7 +95,10 @@ fn v6_only_default_route() {
     snap.routes = vec![route("::/0", 3)];
     let sel = select(&req_v6(), &snap, None).expect("selection");
     assert_eq!(addrs_of(&sel), ("eth1", None, Some(v6("2001:db8:2::10"))));
-    assert_eq!((sel.ext.ext_addr, sel.ext.ext_v6_addr), (None, Some(v6("2001:db8:2::10"))));
+    assert_eq!(
+        (sel.ext.ext_addr, sel.ext.ext_v6_addr),
+        (None, Some(v6("2001:db8:2::10")))
+    );
 }
 
 #[test]
@@ -93,7 +109,10 @@ fn dual_v4_selector_with_public_ipv6_on_the_same_interface() {
         ..req_dual()
     };
     let sel = select(&req, &dual(), None).expect("selection");
-    assert_eq!(addrs_of(&sel), ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::11"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::11")))
+    );
     assert_eq!(sel.ext.ext_v6_addr, Some(v6("2001:db8:1::11")));
 }
 
@@ -113,29 +132,59 @@ fn dual_public_ipv6_must_be_on_the_chosen_interface() {
             iface: "eth0".into()
         }]
     );
-    assert!(err.to_string().contains("is on interface eth1, not on the chosen interface eth0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is on interface eth1, not on the chosen interface eth0"),
+        "{err}"
+    );
 
-    let req = IfaceRequest { public_ipv6: Some(v6("2001:db8:ffff::1")), ..req };
+    let req = IfaceRequest {
+        public_ipv6: Some(v6("2001:db8:ffff::1")),
+        ..req
+    };
     let err = select(&req, &dual(), None).expect_err("not owned");
-    assert_eq!(failures(&err), vec![LookupFailure::NoOwnerPublicV6 { ip: v6("2001:db8:ffff::1") }]);
+    assert_eq!(
+        failures(&err),
+        vec![LookupFailure::NoOwnerPublicV6 {
+            ip: v6("2001:db8:ffff::1")
+        }]
+    );
 }
 
 #[test]
 fn dual_ip_selectors_fill_the_other_family_from_the_interface() {
-    let req = IfaceRequest { iface: vec!["198.51.100.10".into()], ..req_dual() };
+    let req = IfaceRequest {
+        iface: vec!["198.51.100.10".into()],
+        ..req_dual()
+    };
     let sel = select(&req, &dual(), None).expect("v4 selector");
-    assert_eq!(addrs_of(&sel), ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10")))
+    );
 
-    let req = IfaceRequest { iface: vec!["2001:db8:1::11".into()], ..req_dual() };
+    let req = IfaceRequest {
+        iface: vec!["2001:db8:1::11".into()],
+        ..req_dual()
+    };
     let sel = select(&req, &dual(), None).expect("v6 selector");
-    assert_eq!(addrs_of(&sel), ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::11"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth0", Some(v4("192.0.2.10")), Some(v6("2001:db8:1::11")))
+    );
 }
 
 #[test]
 fn dual_needs_both_families_on_the_interface() {
-    let req = IfaceRequest { iface: vec!["eth2".into(), "203.0.113.10".into()], ..req_dual() };
+    let req = IfaceRequest {
+        iface: vec!["eth2".into(), "203.0.113.10".into()],
+        ..req_dual()
+    };
     let err = select(&req, &dual(), None).expect_err("no IPv6 on eth2");
-    let missing = LookupFailure::NoAddress { iface: "eth2".into(), family: Family::V6 };
+    let missing = LookupFailure::NoAddress {
+        iface: "eth2".into(),
+        family: Family::V6,
+    };
     assert_eq!(failures(&err), vec![missing.clone(), missing]);
 }
 
@@ -147,40 +196,76 @@ fn dual_public_ips_alone_select_the_owner() {
         ..req_dual()
     };
     let sel = select(&req, &dual(), None).expect("selection");
-    assert_eq!(addrs_of(&sel), ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10"))));
-    assert_eq!((sel.ext.ext_addr, sel.ext.ext_v6_addr), (Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10")))
+    );
+    assert_eq!(
+        (sel.ext.ext_addr, sel.ext.ext_v6_addr),
+        (Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10")))
+    );
 }
 
 #[test]
 fn v6_only_ip_selectors_keep_the_given_address() {
     // Upstream took the first IPv6 address here (flannel#2045); we keep the one asked for.
-    let req = IfaceRequest { public_ipv6: Some(v6("2001:db8:1::11")), ..req_v6() };
+    let req = IfaceRequest {
+        public_ipv6: Some(v6("2001:db8:1::11")),
+        ..req_v6()
+    };
     let sel = select(&req, &dual(), None).expect("public-ipv6");
     assert_eq!(addrs_of(&sel), ("eth0", None, Some(v6("2001:db8:1::11"))));
 
-    let req = IfaceRequest { iface: vec!["2001:db8:1::11".into()], ..req_v6() };
+    let req = IfaceRequest {
+        iface: vec!["2001:db8:1::11".into()],
+        ..req_v6()
+    };
     let sel = select(&req, &dual(), None).expect("--iface v6");
     assert_eq!(addrs_of(&sel), ("eth0", None, Some(v6("2001:db8:1::11"))));
 }
 
 #[test]
 fn dual_regex_needs_both_families_on_one_interface() {
-    let split = IfaceRequest { iface_regex: vec![r"^(192\.0\.2\.10|2001:db8:2::10)$".into()], ..req_dual() };
+    let split = IfaceRequest {
+        iface_regex: vec![r"^(192\.0\.2\.10|2001:db8:2::10)$".into()],
+        ..req_dual()
+    };
     let err = select(&split, &dual(), None).expect_err("matches on two interfaces");
-    assert!(matches!(failures(&err).as_slice(), [LookupFailure::RegexNoMatch { .. }]), "{err}");
+    assert!(
+        matches!(failures(&err).as_slice(), [LookupFailure::RegexNoMatch { .. }]),
+        "{err}"
+    );
 
-    let both = IfaceRequest { iface_regex: vec![r"^(198\.51\.100\.10|2001:db8:2::10)$".into()], ..req_dual() };
+    let both = IfaceRequest {
+        iface_regex: vec![r"^(198\.51\.100\.10|2001:db8:2::10)$".into()],
+        ..req_dual()
+    };
     let sel = select(&both, &dual(), None).expect("both on eth1");
-    assert_eq!(addrs_of(&sel), ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10")))
+    );
 
-    let v6_only = IfaceRequest { iface_regex: vec!["^2001:db8:1::11$".into()], ..req_v6() };
+    let v6_only = IfaceRequest {
+        iface_regex: vec!["^2001:db8:1::11$".into()],
+        ..req_v6()
+    };
     let sel = select(&v6_only, &dual(), None).expect("v6 regex");
     assert_eq!(addrs_of(&sel), ("eth0", None, Some(v6("2001:db8:1::11"))));
 
     // A name match still needs both families.
-    let name = IfaceRequest { iface_regex: vec!["eth2".into()], ..req_dual() };
+    let name = IfaceRequest {
+        iface_regex: vec!["eth2".into()],
+        ..req_dual()
+    };
     let err = select(&name, &dual(), None).expect_err("eth2 has no IPv6");
-    assert_eq!(failures(&err), vec![LookupFailure::NoAddress { iface: "eth2".into(), family: Family::V6 }]);
+    assert_eq!(
+        failures(&err),
+        vec![LookupFailure::NoAddress {
+            iface: "eth2".into(),
+            family: Family::V6
+        }]
+    );
 }
 
 #[test]
@@ -188,9 +273,15 @@ fn dual_can_reach_an_ipv6_target() {
     let target: IpAddr = "2001:db8:2::99".parse().expect("ip");
     let mut via = route("2001:db8:2::99/128", 3);
     via.prefsrc = Some("2001:db8:2::10".parse().expect("ip"));
-    let req = IfaceRequest { iface_can_reach: Some(target), ..req_dual() };
+    let req = IfaceRequest {
+        iface_can_reach: Some(target),
+        ..req_dual()
+    };
     let sel = select(&req, &dual(), Some(&[via])).expect("selection");
-    assert_eq!(addrs_of(&sel), ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10"))));
+    assert_eq!(
+        addrs_of(&sel),
+        ("eth1", Some(v4("198.51.100.10")), Some(v6("2001:db8:2::10")))
+    );
 }
 
 /// A kernel that only answers `snapshot` and `route_get`.
@@ -202,12 +293,18 @@ struct StubKernel {
 
 impl StubKernel {
     fn new(snapshot: KResult<NetSnapshot>, route_get: KResult<Vec<Route>>) -> StubKernel {
-        StubKernel { snapshot, route_get, route_gets: AtomicUsize::new(0) }
+        StubKernel {
+            snapshot,
+            route_get,
+            route_gets: AtomicUsize::new(0),
+        }
     }
 }
 
 fn unsupported<T>(op: &str) -> KResult<T> {
-    Err(KernelError::Socket(format!("{op} is not supported by the stub kernel")))
+    Err(KernelError::Socket(format!(
+        "{op} is not supported by the stub kernel"
+    )))
 }
 
 #[async_trait::async_trait]
@@ -281,7 +378,10 @@ async fn discover_reports_a_failed_route_lookup() {
     };
     let k = StubKernel::new(Ok(dual()), Err(unreachable));
     let target: IpAddr = "203.0.113.50".parse().expect("ip");
-    let req = IfaceRequest { iface_can_reach: Some(target), ..req_dual() };
+    let req = IfaceRequest {
+        iface_can_reach: Some(target),
+        ..req_dual()
+    };
     let err = discover(&req, &k).await.expect_err("no route");
     assert_eq!(k.route_gets.load(Ordering::SeqCst), 1);
     match failures(&err).as_slice() {

@@ -35,7 +35,13 @@ impl Default for LeaseAttrs {
     }
 }
 
-const ATTR_FIELDS: &[&str] = &["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"];
+const ATTR_FIELDS: &[&str] = &[
+    "PublicIP",
+    "PublicIPv6",
+    "BackendType",
+    "BackendData",
+    "BackendV6Data",
+];
 
 impl LeaseAttrs {
     /// Upstream's JSON, byte for byte: `{"PublicIP":"..","PublicIPv6":null,...}`.
@@ -61,7 +67,10 @@ impl LeaseAttrs {
             out.push_str(",\"BackendType\":");
             out.push_str(&gojson::go_json_string(&self.backend_type));
         }
-        for (name, data) in [("BackendData", &self.backend_data), ("BackendV6Data", &self.backend_v6_data)] {
+        for (name, data) in [
+            ("BackendData", &self.backend_data),
+            ("BackendV6Data", &self.backend_v6_data),
+        ] {
             if let Some(data) = data.as_deref().filter(|d| !d.is_empty()) {
                 out.push_str(",\"");
                 out.push_str(name);
@@ -78,13 +87,18 @@ impl LeaseAttrs {
     /// An absent `PublicIP` is `0.0.0.0` and an absent or `null` `PublicIPv6` is `None`, as upstream;
     /// `null` backend data counts as absent; unknown keys are ignored.
     pub fn from_json(json: &str) -> Result<LeaseAttrs, LeaseError> {
-        let bad = |reason: String| LeaseError::BadAttrs { json: json.to_string(), reason };
+        let bad = |reason: String| LeaseError::BadAttrs {
+            json: json.to_string(),
+            reason,
+        };
         let object = GoObject::parse(json).map_err(|e| bad(format!("not a JSON object: {e}")))?;
         let fields = object.fields(ATTR_FIELDS);
 
         let public_ip = match fields.get("PublicIP") {
             None => Ipv4Addr::UNSPECIFIED,
-            Some(raw) => decode_ipv4(raw).map_err(|reason| bad(format!("PublicIP {}: {reason}", raw.get())))?,
+            Some(raw) => {
+                decode_ipv4(raw).map_err(|reason| bad(format!("PublicIP {}: {reason}", raw.get())))?
+            }
         };
         let public_ipv6 = match fields.non_null("PublicIPv6") {
             None => None,
@@ -113,7 +127,9 @@ fn decode_ipv4(raw: &RawValue) -> Result<Ipv4Addr, String> {
     match text.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => Ok(ip),
         // Go's ParseIP + To4 accepts the IPv4-mapped IPv6 form.
-        Ok(IpAddr::V6(ip)) => ip.to_ipv4_mapped().ok_or_else(|| "is not an IPv4 address".to_string()),
+        Ok(IpAddr::V6(ip)) => ip
+            .to_ipv4_mapped()
+            .ok_or_else(|| "is not an IPv4 address".to_string()),
         Err(_) => Err("is not an IPv4 address".to_string()),
     }
 }
@@ -136,22 +152,31 @@ pub fn vxlan_backend_data(vni: u32, mac: &MacAddr) -> String {
 /// Decode a vxlan BackendData (keys case-insensitive): the VNI (0 when absent) and the VTEP MAC
 /// (required; `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`, any case).
 pub fn parse_vxlan_backend_data(json: &str) -> Result<(u32, MacAddr), LeaseError> {
-    let bad = |reason: String| LeaseError::BadBackendData { json: json.to_string(), reason };
+    let bad = |reason: String| LeaseError::BadBackendData {
+        json: json.to_string(),
+        reason,
+    };
     let object = GoObject::parse(json).map_err(|e| bad(format!("not a JSON object: {e}")))?;
     let fields = object.fields(&["VNI", "VtepMAC"]);
     let vni = match fields.get("VNI") {
         None => 0,
         Some(raw) => {
-            let value = gojson::decode_int(raw).map_err(|reason| bad(format!("VNI {}: {reason}", raw.get())))?;
+            let value =
+                gojson::decode_int(raw).map_err(|reason| bad(format!("VNI {}: {reason}", raw.get())))?;
             u32::try_from(value.unwrap_or(0))
                 .map_err(|_| bad(format!("VNI {}: must be between 0 and 4294967295", raw.get())))?
         }
     };
-    let raw_mac = fields.non_null("VtepMAC").ok_or_else(|| bad("VtepMAC is missing".to_string()))?;
+    let raw_mac = fields
+        .non_null("VtepMAC")
+        .ok_or_else(|| bad("VtepMAC is missing".to_string()))?;
     let mac_text = gojson::decode_string(raw_mac)
         .map_err(|reason| bad(format!("VtepMAC {}: {reason}", raw_mac.get())))?
         .unwrap_or_default();
-    let mac = mac_text.replace('-', ":").parse::<MacAddr>().map_err(|reason| bad(format!("VtepMAC: {reason}")))?;
+    let mac = mac_text
+        .replace('-', ":")
+        .parse::<MacAddr>()
+        .map_err(|reason| bad(format!("VtepMAC: {reason}")))?;
     Ok((vni, mac))
 }
 
@@ -160,13 +185,22 @@ mod tests {
     use super::*;
 
     fn attrs(ip: &str) -> LeaseAttrs {
-        LeaseAttrs { public_ip: ip.parse().unwrap(), ..LeaseAttrs::default() }
+        LeaseAttrs {
+            public_ip: ip.parse().unwrap(),
+            ..LeaseAttrs::default()
+        }
     }
 
     #[test]
     fn bare_attrs_match_upstream_bytes() {
-        assert_eq!(attrs("1.2.3.4").to_json(), r#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#);
-        assert_eq!(LeaseAttrs::default().to_json(), r#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#);
+        assert_eq!(
+            attrs("1.2.3.4").to_json(),
+            r#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#
+        );
+        assert_eq!(
+            LeaseAttrs::default().to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#
+        );
     }
 
     #[test]
@@ -180,7 +214,10 @@ mod tests {
         );
         let mut hg = attrs("10.0.0.1");
         hg.backend_type = "host-gw".into();
-        assert_eq!(hg.to_json(), r#"{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#);
+        assert_eq!(
+            hg.to_json(),
+            r#"{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
         let mut dual = attrs("10.0.0.1");
         dual.public_ipv6 = Some("fd00:12:13::1".parse().unwrap());
         dual.backend_type = "wireguard".into();
@@ -217,7 +254,8 @@ mod tests {
 
     #[test]
     fn decode_defaults_and_nulls() {
-        let a = LeaseAttrs::from_json(r#"{"BackendData":null,"PublicIPv6":null,"BackendType":null}"#).unwrap();
+        let a =
+            LeaseAttrs::from_json(r#"{"BackendData":null,"PublicIPv6":null,"BackendType":null}"#).unwrap();
         assert_eq!(a, LeaseAttrs::default());
     }
 
@@ -237,14 +275,24 @@ mod tests {
         for (json, needle) in cases {
             let err = LeaseAttrs::from_json(json).unwrap_err();
             let text = err.to_string();
-            assert!(matches!(&err, LeaseError::BadAttrs { json: j, .. } if j == json), "{text}");
+            assert!(
+                matches!(&err, LeaseError::BadAttrs { json: j, .. } if j == json),
+                "{text}"
+            );
             assert!(text.contains(needle), "{json}: {text}");
         }
     }
 
     #[test]
     fn ipv6_text_follows_rfc5952() {
-        for text in ["fc00:0:0:1::", "fd00:12:13::", "::ffff:1.2.3.4", "fc00::1", "::", "2001:db8::1:0:0:1"] {
+        for text in [
+            "fc00:0:0:1::",
+            "fd00:12:13::",
+            "::ffff:1.2.3.4",
+            "fc00::1",
+            "::",
+            "2001:db8::1:0:0:1",
+        ] {
             let ip: Ipv6Addr = text.parse().unwrap();
             assert_eq!(ip.to_string(), text);
         }
@@ -258,8 +306,14 @@ mod tests {
         let data = vxlan_backend_data(1, &mac);
         assert_eq!(data, r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#);
         assert_eq!(parse_vxlan_backend_data(&data).unwrap(), (1, mac));
-        assert_eq!(parse_vxlan_backend_data(r#"{"vni":7,"vtepmac":"C6-D2-32-6F-8F-44"}"#).unwrap(), (7, mac));
-        assert_eq!(parse_vxlan_backend_data(r#"{"VtepMAC":"c6:d2:32:6f:8f:44"}"#).unwrap(), (0, mac));
+        assert_eq!(
+            parse_vxlan_backend_data(r#"{"vni":7,"vtepmac":"C6-D2-32-6F-8F-44"}"#).unwrap(),
+            (7, mac)
+        );
+        assert_eq!(
+            parse_vxlan_backend_data(r#"{"VtepMAC":"c6:d2:32:6f:8f:44"}"#).unwrap(),
+            (0, mac)
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ pub(crate) struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The raw value assigned to `field`, if any key selected it.
     pub(crate) fn get(&self, field: &str) -> Option<&'a RawValue> {
-        self.found.iter().find(|(n, _, _)| *n == field).map(|(_, _, v)| *v)
+        self.found
+            .iter()
+            .find(|(n, _, _)| *n == field)
+            .map(|(_, _, v)| *v)
     }
 
     /// The raw value unless absent or JSON `null`.
@@ -121,7 +124,9 @@ pub(crate) fn decode_uint(raw: &RawValue) -> Result<Option<u64>, String> {
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err("expected a non-negative integer".to_string());
     }
-    text.parse::<u64>().map(Some).map_err(|_| "number out of range".to_string())
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| "number out of range".to_string())
 }
 
 /// A Go `int` field: only an integer literal (optional minus, no fraction or exponent) that fits.
@@ -137,7 +142,9 @@ pub(crate) fn decode_int(raw: &RawValue) -> Result<Option<i64>, String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err("expected an integer".to_string());
     }
-    text.parse::<i64>().map(Some).map_err(|_| "number out of range".to_string())
+    text.parse::<i64>()
+        .map(Some)
+        .map_err(|_| "number out of range".to_string())
 }
 
 /// A Go `string` field: `null` leaves it unset, anything but a JSON string is an error.
@@ -148,7 +155,9 @@ pub(crate) fn decode_string(raw: &RawValue) -> Result<Option<String>, String> {
     if !raw.get().starts_with('"') {
         return Err("expected a string".to_string());
     }
-    serde_json::from_str::<String>(raw.get()).map(Some).map_err(|e| e.to_string())
+    serde_json::from_str::<String>(raw.get())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// A Go JSON string literal for `s`, exactly as `encoding/json` writes it (HTML-safe escaping).
@@ -270,13 +279,25 @@ mod tests {
     #[test]
     fn go_string_escaping() {
         assert_eq!(go_json_string("a<b>&c"), r#""a\u003cb\u003e\u0026c""#);
-        assert_eq!(go_json_string("q\"\\\n\t\r\u{1}\u{8}\u{c}"), r#""q\"\\\n\t\r\u0001\b\f""#);
-        assert_eq!(go_json_string("\u{2028}\u{2029}é\u{7f}"), "\"\\u2028\\u2029é\u{7f}\"");
+        assert_eq!(
+            go_json_string("q\"\\\n\t\r\u{1}\u{8}\u{c}"),
+            r#""q\"\\\n\t\r\u0001\b\f""#
+        );
+        assert_eq!(
+            go_json_string("\u{2028}\u{2029}é\u{7f}"),
+            "\"\\u2028\\u2029é\u{7f}\""
+        );
     }
 
     #[test]
     fn compact_keeps_tokens_and_escapes_html() {
-        assert_eq!(go_compact("{ \"VNI\" : 1,\n \"VtepMAC\": \"a b\" }"), r#"{"VNI":1,"VtepMAC":"a b"}"#);
-        assert_eq!(go_compact(r#"{"c":"x<y","n":1.0e3,"e":"\"<"}"#), r#"{"c":"x\u003cy","n":1.0e3,"e":"\"\u003c"}"#);
+        assert_eq!(
+            go_compact("{ \"VNI\" : 1,\n \"VtepMAC\": \"a b\" }"),
+            r#"{"VNI":1,"VtepMAC":"a b"}"#
+        );
+        assert_eq!(
+            go_compact(r#"{"c":"x<y","n":1.0e3,"e":"\"<"}"#),
+            r#"{"c":"x\u003cy","n":1.0e3,"e":"\"\u003c"}"#
+        );
     }
 }

@@ -34,17 +34,24 @@ static SUBNET_KEY_RE: LazyLock<Regex> = LazyLock::new(|| {
 impl SubnetKey {
     /// Parse `a.b.c.d-len` or `a.b.c.d-len&v6-len6` with upstream's accept/reject rules (spec 3.1).
     pub fn parse(text: &str) -> Result<SubnetKey, LeaseError> {
-        let bad = |reason: &str| LeaseError::BadSubnetKey { key: text.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| LeaseError::BadSubnetKey {
+            key: text.to_string(),
+            reason: reason.to_string(),
+        };
         let caps = SUBNET_KEY_RE
             .captures(text)
             .ok_or_else(|| bad("expected <ipv4>-<prefix length>[&<ipv6>-<prefix length>]"))?;
         let group = |i: usize| caps.get(i).map(|m| m.as_str()).unwrap_or("");
 
         let v4_text = group(1);
-        let v4_addr: Ipv4Addr =
-            v4_text.parse().map_err(|_| bad(&format!("{v4_text:?} is not an IPv4 address")))?;
+        let v4_addr: Ipv4Addr = v4_text
+            .parse()
+            .map_err(|_| bad(&format!("{v4_text:?} is not an IPv4 address")))?;
         let v4_len = parse_len(group(2), 31).ok_or_else(|| {
-            bad(&format!("IPv4 prefix length {:?} is not a number between 0 and 31", group(2)))
+            bad(&format!(
+                "IPv4 prefix length {:?} is not a number between 0 and 31",
+                group(2)
+            ))
         })?;
         let v4 = Ipv4Net::new(v4_addr, v4_len).map_err(|_| bad("IPv4 prefix length out of range"))?;
 
@@ -52,12 +59,17 @@ impl SubnetKey {
             None => None,
             Some(m) => {
                 let v6_text = m.as_str();
-                let v6_addr: Ipv6Addr =
-                    v6_text.parse().map_err(|_| bad(&format!("{v6_text:?} is not an IPv6 address")))?;
+                let v6_addr: Ipv6Addr = v6_text
+                    .parse()
+                    .map_err(|_| bad(&format!("{v6_text:?} is not an IPv6 address")))?;
                 let v6_len = parse_len(group(4), 127).ok_or_else(|| {
-                    bad(&format!("IPv6 prefix length {:?} is not a number between 0 and 127", group(4)))
+                    bad(&format!(
+                        "IPv6 prefix length {:?} is not a number between 0 and 127",
+                        group(4)
+                    ))
                 })?;
-                let net = Ipv6Net::new(v6_addr, v6_len).map_err(|_| bad("IPv6 prefix length out of range"))?;
+                let net =
+                    Ipv6Net::new(v6_addr, v6_len).map_err(|_| bad("IPv6 prefix length out of range"))?;
                 (!is_empty_v6(&net)).then_some(net)
             }
         };
@@ -79,7 +91,11 @@ fn parse_len(text: &str, max: u8) -> Option<u8> {
     if trimmed.len() > 3 {
         return None;
     }
-    let value: u16 = if trimmed.is_empty() { 0 } else { trimmed.parse().ok()? };
+    let value: u16 = if trimmed.is_empty() {
+        0
+    } else {
+        trimmed.parse().ok()?
+    };
     u8::try_from(value).ok().filter(|v| *v <= max)
 }
 
@@ -118,7 +134,13 @@ mod tests {
 
     #[test]
     fn parses_v4_and_dual_keys() {
-        assert_eq!(SubnetKey::parse("10.5.52.0-24").unwrap(), SubnetKey { v4: v4("10.5.52.0/24"), v6: None });
+        assert_eq!(
+            SubnetKey::parse("10.5.52.0-24").unwrap(),
+            SubnetKey {
+                v4: v4("10.5.52.0/24"),
+                v6: None
+            }
+        );
         let dual = SubnetKey::parse("10.12.13.0-24&fd00:12:13::-56").unwrap();
         assert_eq!(dual.v4, v4("10.12.13.0/24"));
         assert_eq!(dual.v6, Some(v6("fd00:12:13::/56")));
@@ -140,7 +162,10 @@ mod tests {
             "10.12.13.0-24&2001::-56hi",
         ] {
             let err = SubnetKey::parse(key).unwrap_err();
-            assert!(matches!(&err, LeaseError::BadSubnetKey { key: k, .. } if k == key), "{key}: {err}");
+            assert!(
+                matches!(&err, LeaseError::BadSubnetKey { key: k, .. } if k == key),
+                "{key}: {err}"
+            );
         }
     }
 
@@ -159,7 +184,12 @@ mod tests {
     fn go_regex_quirks_are_kept() {
         // Leftmost match of an unanchored pattern: a prefix is ignored, as upstream does.
         assert_eq!(SubnetKey::parse("xyz10.1.2.0-24").unwrap().v4, v4("10.1.2.0/24"));
-        assert_eq!(SubnetKey::parse("/coreos.com/network/subnets/10.1.2.0-24").unwrap().v4, v4("10.1.2.0/24"));
+        assert_eq!(
+            SubnetKey::parse("/coreos.com/network/subnets/10.1.2.0-24")
+                .unwrap()
+                .v4,
+            v4("10.1.2.0/24")
+        );
         // `1.2.3.4.5-24`: the leftmost match starts at "2.3.4.5".
         assert_eq!(SubnetKey::parse("1.2.3.4.5-24").unwrap().v4, v4("2.3.4.5/24"));
         // Unescaped dots match anything, then the address parse rejects it.
@@ -183,22 +213,45 @@ mod tests {
     fn empty_v6_part_is_absent() {
         let key = SubnetKey::parse("10.1.2.0-24&::-0").unwrap();
         assert_eq!(key.v6, None);
-        assert_eq!(SubnetKey { v4: v4("10.1.2.0/24"), v6: Some(v6("::/0")) }.to_string(), "10.1.2.0-24");
+        assert_eq!(
+            SubnetKey {
+                v4: v4("10.1.2.0/24"),
+                v6: Some(v6("::/0"))
+            }
+            .to_string(),
+            "10.1.2.0-24"
+        );
     }
 
     #[test]
     fn round_trip_is_identity() {
         for key in [
-            SubnetKey { v4: v4("10.5.52.0/24"), v6: None },
-            SubnetKey { v4: v4("10.12.13.0/24"), v6: Some(v6("fd00:12:13::/56")) },
-            SubnetKey { v4: v4("198.18.0.0/31"), v6: Some(v6("2001:db8:0:1::/64")) },
-            SubnetKey { v4: v4("0.0.0.0/0"), v6: Some(v6("fc00:0:0:1::/127")) },
+            SubnetKey {
+                v4: v4("10.5.52.0/24"),
+                v6: None,
+            },
+            SubnetKey {
+                v4: v4("10.12.13.0/24"),
+                v6: Some(v6("fd00:12:13::/56")),
+            },
+            SubnetKey {
+                v4: v4("198.18.0.0/31"),
+                v6: Some(v6("2001:db8:0:1::/64")),
+            },
+            SubnetKey {
+                v4: v4("0.0.0.0/0"),
+                v6: Some(v6("fc00:0:0:1::/127")),
+            },
         ] {
             let text = key.to_string();
             assert_eq!(SubnetKey::parse(&text).unwrap(), key, "{text}");
         }
         assert_eq!(
-            SubnetKey { v4: v4("10.12.13.0/24"), v6: Some(v6("fd00:12:13::/56")) }.to_string(),
+            SubnetKey {
+                v4: v4("10.12.13.0/24"),
+                v6: Some(v6("fd00:12:13::/56"))
+            }
+            .to_string(),
             "10.12.13.0-24&fd00:12:13::-56"
         );
     }

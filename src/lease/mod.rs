@@ -61,7 +61,10 @@ impl Lease {
 
     /// The subnet key of this lease (`10.5.52.0-24[&v6-len]`); an absent v4 subnet is `0.0.0.0/0`.
     pub fn key(&self) -> SubnetKey {
-        SubnetKey { v4: self.subnet.unwrap_or_default(), v6: self.ipv6_subnet }
+        SubnetKey {
+            v4: self.subnet.unwrap_or_default(),
+            v6: self.ipv6_subnet,
+        }
     }
 
     /// A stable identity for maps: the v4 and v6 subnets.
@@ -83,4 +86,3 @@ pub enum LeaseBatch {
     Snapshot(Vec<Lease>),
     Events(Vec<LeaseEvent>),
 }
-

@@ -23,7 +23,10 @@ pub struct LeaseWatcher {
 
 impl LeaseWatcher {
     pub fn new(own: Lease) -> LeaseWatcher {
-        LeaseWatcher { own, known: Vec::new() }
+        LeaseWatcher {
+            own,
+            known: Vec::new(),
+        }
     }
 
     /// Apply one batch; returns the events to forward, in order.
@@ -167,7 +170,10 @@ mod tests {
             enable_ipv6: false,
             subnet: Some(sn.parse().unwrap()),
             ipv6_subnet: None,
-            attrs: LeaseAttrs { public_ip: ip.parse().unwrap(), ..LeaseAttrs::default() },
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                ..LeaseAttrs::default()
+            },
             expiration: None,
         }
     }
@@ -194,11 +200,14 @@ mod tests {
         let a = lease("10.5.2.0/24", "192.0.2.2");
         let a2 = lease("10.5.2.0/24", "192.0.2.22");
         let b = lease("10.5.3.0/24", "192.0.2.3");
-        assert_eq!(w.apply(LeaseBatch::Events(vec![Added(a.clone()), Added(b.clone())])), vec![
-            Added(a.clone()),
-            Added(b.clone())
-        ]);
-        assert_eq!(w.apply(LeaseBatch::Events(vec![Added(a2.clone())])), vec![Added(a2.clone())]);
+        assert_eq!(
+            w.apply(LeaseBatch::Events(vec![Added(a.clone()), Added(b.clone())])),
+            vec![Added(a.clone()), Added(b.clone())]
+        );
+        assert_eq!(
+            w.apply(LeaseBatch::Events(vec![Added(a2.clone())])),
+            vec![Added(a2.clone())]
+        );
         assert_eq!(w.known(), &[a2, b]);
     }
 
@@ -208,11 +217,20 @@ mod tests {
         let a = lease("10.5.2.0/24", "192.0.2.2");
         w.apply(LeaseBatch::Events(vec![Added(a.clone())]));
         // The removal event carries no attributes (an expired etcd key); the cached one is forwarded.
-        let bare = Lease { attrs: LeaseAttrs::default(), ..a.clone() };
-        assert_eq!(w.apply(LeaseBatch::Events(vec![Removed(bare.clone())])), vec![Removed(a)]);
+        let bare = Lease {
+            attrs: LeaseAttrs::default(),
+            ..a.clone()
+        };
+        assert_eq!(
+            w.apply(LeaseBatch::Events(vec![Removed(bare.clone())])),
+            vec![Removed(a)]
+        );
         assert!(w.known().is_empty());
         // Unknown: forwarded as received.
-        assert_eq!(w.apply(LeaseBatch::Events(vec![Removed(bare.clone())])), vec![Removed(bare)]);
+        assert_eq!(
+            w.apply(LeaseBatch::Events(vec![Removed(bare.clone())])),
+            vec![Removed(bare)]
+        );
     }
 
     #[test]
@@ -221,17 +239,17 @@ mod tests {
         let a = lease("10.5.2.0/24", "192.0.2.2");
         let b = lease("10.5.3.0/24", "192.0.2.3");
         let c = lease("10.5.4.0/24", "192.0.2.4");
-        assert_eq!(w.apply(LeaseBatch::Snapshot(vec![own(), a.clone(), b.clone()])), vec![
-            Added(a.clone()),
-            Added(b.clone())
-        ]);
+        assert_eq!(
+            w.apply(LeaseBatch::Snapshot(vec![own(), a.clone(), b.clone()])),
+            vec![Added(a.clone()), Added(b.clone())]
+        );
         // Known ones are silent (a renewed expiration is not a change), new ones Added, missing Removed.
         let mut a_renewed = a.clone();
         a_renewed.expiration = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(86400));
-        assert_eq!(w.apply(LeaseBatch::Snapshot(vec![a_renewed.clone(), c.clone(), own()])), vec![
-            Added(c.clone()),
-            Removed(b)
-        ]);
+        assert_eq!(
+            w.apply(LeaseBatch::Snapshot(vec![a_renewed.clone(), c.clone(), own()])),
+            vec![Added(c.clone()), Removed(b)]
+        );
         assert_eq!(w.known(), &[a_renewed, c]);
         // Own lease never lands in the cache, so a re-list does not remove it.
         assert_eq!(w.apply(LeaseBatch::Snapshot(vec![own()])).len(), 2);
@@ -244,7 +262,10 @@ mod tests {
         let a = lease("10.5.2.0/24", "192.0.2.2");
         w.apply(LeaseBatch::Snapshot(vec![a]));
         let moved = lease("10.5.2.0/24", "192.0.2.99");
-        assert_eq!(w.apply(LeaseBatch::Snapshot(vec![moved.clone()])), vec![Added(moved.clone())]);
+        assert_eq!(
+            w.apply(LeaseBatch::Snapshot(vec![moved.clone()])),
+            vec![Added(moved.clone())]
+        );
         assert_eq!(w.known(), &[moved]);
     }
 
@@ -253,7 +274,10 @@ mod tests {
         let mut w = LeaseWatcher::new(own());
         let a1 = lease("10.5.2.0/24", "192.0.2.2");
         let a2 = lease("10.5.2.0/24", "192.0.2.3");
-        assert_eq!(w.apply(LeaseBatch::Snapshot(vec![a1, a2.clone()])), vec![Added(a2.clone())]);
+        assert_eq!(
+            w.apply(LeaseBatch::Snapshot(vec![a1, a2.clone()])),
+            vec![Added(a2.clone())]
+        );
         assert_eq!(w.known(), &[a2]);
     }
 
@@ -274,7 +298,10 @@ mod tests {
         // Same v4, different v6: a different lease in dual stack.
         let mut other = own6.clone();
         other.ipv6_subnet = Some("fd00:2::/64".parse().unwrap());
-        assert_eq!(w.apply(LeaseBatch::Events(vec![Added(other.clone())])), vec![Added(other)]);
+        assert_eq!(
+            w.apply(LeaseBatch::Events(vec![Added(other.clone())])),
+            vec![Added(other)]
+        );
         // v6-only lease: compared on the v6 subnet only.
         let v6only = Lease {
             enable_ipv4: false,

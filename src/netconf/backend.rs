@@ -44,7 +44,9 @@ pub(super) fn decode(raw: &RawValue) -> Result<(String, BackendConfig), NetConfE
         }),
         "ipip" => {
             let f = object.fields(&["DirectRouting"]);
-            BackendConfig::Ipip(IpipConfig { direct_routing: boolean(&kind, &f, "DirectRouting")? })
+            BackendConfig::Ipip(IpipConfig {
+                direct_routing: boolean(&kind, &f, "DirectRouting")?,
+            })
         }
         "wireguard" => BackendConfig::Wireguard(wireguard(&object)?),
         "extension" => BackendConfig::Extension(extension(&object)?),
@@ -66,7 +68,9 @@ fn int(backend: &str, f: &Fields<'_>, key: &str, min: i64, max: i64) -> Result<O
     let Some(raw) = f.get(key) else { return Ok(None) };
     let value = gojson::decode_int(raw).map_err(|r| bad(backend, key, raw, r))?;
     match value {
-        Some(v) if v < min || v > max => Err(bad(backend, key, raw, format!("must be between {min} and {max}"))),
+        Some(v) if v < min || v > max => {
+            Err(bad(backend, key, raw, format!("must be between {min} and {max}")))
+        }
         other => Ok(other),
     }
 }
@@ -76,12 +80,16 @@ fn port(backend: &str, f: &Fields<'_>, key: &str) -> Result<Option<u16>, NetConf
 }
 
 fn mtu(backend: &str, f: &Fields<'_>) -> Result<u32, NetConfError> {
-    Ok(int(backend, f, "MTU", 0, i64::from(u32::MAX))?.and_then(|v| u32::try_from(v).ok()).unwrap_or(0))
+    Ok(int(backend, f, "MTU", 0, i64::from(u32::MAX))?
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0))
 }
 
 fn boolean(backend: &str, f: &Fields<'_>, key: &str) -> Result<bool, NetConfError> {
     let Some(raw) = f.get(key) else { return Ok(false) };
-    Ok(gojson::decode_bool(raw).map_err(|r| bad(backend, key, raw, r))?.unwrap_or(false))
+    Ok(gojson::decode_bool(raw)
+        .map_err(|r| bad(backend, key, raw, r))?
+        .unwrap_or(false))
 }
 
 fn string(backend: &str, f: &Fields<'_>, key: &str) -> Result<Option<String>, NetConfError> {
@@ -106,7 +114,14 @@ fn vxlan(object: &GoObject) -> Result<VxlanConfig, NetConfError> {
 }
 
 fn wireguard(object: &GoObject) -> Result<WireguardConfig, NetConfError> {
-    let f = object.fields(&["ListenPort", "ListenPortV6", "MTU", "PSK", "PersistentKeepaliveInterval", "Mode"]);
+    let f = object.fields(&[
+        "ListenPort",
+        "ListenPortV6",
+        "MTU",
+        "PSK",
+        "PersistentKeepaliveInterval",
+        "Mode",
+    ]);
     let b = "wireguard";
     let psk = match f.get("PSK") {
         None => None,
@@ -161,7 +176,12 @@ fn wireguard(object: &GoObject) -> Result<WireguardConfig, NetConfError> {
 }
 
 fn extension(object: &GoObject) -> Result<ExtensionConfig, NetConfError> {
-    let keys = ["PreStartupCommand", "PostStartupCommand", "SubnetAddCommand", "SubnetRemoveCommand"];
+    let keys = [
+        "PreStartupCommand",
+        "PostStartupCommand",
+        "SubnetAddCommand",
+        "SubnetRemoveCommand",
+    ];
     let f = object.fields(&keys);
     let b = "extension";
     Ok(ExtensionConfig {

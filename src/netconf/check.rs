@@ -7,7 +7,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use super::{NetConf, NetConfError};
 
 fn bad(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> NetConfError {
-    NetConfError::BadValue { key: key.to_string(), value: value.to_string(), reason: reason.into() }
+    NetConfError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 pub(super) fn check_and_fill_defaults(conf: &mut NetConf) -> Result<(), NetConfError> {
@@ -22,26 +26,41 @@ pub(super) fn check_and_fill_defaults(conf: &mut NetConf) -> Result<(), NetConfE
 }
 
 fn check_v4(conf: &mut NetConf) -> Result<(), NetConfError> {
-    let network = conf.network.map(|n| n.trunc()).filter(|n| n.prefix_len() != 0).ok_or_else(|| {
-        NetConfError::Invalid(
-            "Network is not set: define an IPv4 Network such as \"10.244.0.0/16\" in the network config"
-                .to_string(),
-        )
-    })?;
+    let network = conf
+        .network
+        .map(|n| n.trunc())
+        .filter(|n| n.prefix_len() != 0)
+        .ok_or_else(|| {
+            NetConfError::Invalid(
+                "Network is not set: define an IPv4 Network such as \"10.244.0.0/16\" in the network config"
+                    .to_string(),
+            )
+        })?;
     let prefix = network.prefix_len();
     if conf.subnet_len > 0 {
         if conf.subnet_len > 30 {
-            return Err(bad("SubnetLen", conf.subnet_len, "must be less than /31 (at most 30)"));
+            return Err(bad(
+                "SubnetLen",
+                conf.subnet_len,
+                "must be less than /31 (at most 30)",
+            ));
         }
         if conf.subnet_len < prefix + 2 {
             return Err(bad(
                 "SubnetLen",
                 conf.subnet_len,
-                format!("Network {network} must be able to hold at least four subnets, so SubnetLen must be at least {}", prefix + 2),
+                format!(
+                    "Network {network} must be able to hold at least four subnets, so SubnetLen must be at least {}",
+                    prefix + 2
+                ),
             ));
         }
     } else if prefix > 28 {
-        return Err(bad("Network", network, "network is too small: the minimum useful prefix is /28"));
+        return Err(bad(
+            "Network",
+            network,
+            "network is too small: the minimum useful prefix is /28",
+        ));
     } else if prefix <= 22 {
         conf.subnet_len = 24;
     } else {
@@ -76,25 +95,41 @@ fn check_v4(conf: &mut NetConf) -> Result<(), NetConfError> {
     conf.subnet_min = Some(min);
     conf.subnet_max = Some(max);
     if u32::from(min) & mask != u32::from(min) {
-        return Err(bad("SubnetMin", min, format!("not on a SubnetLen boundary (/{len})")));
+        return Err(bad(
+            "SubnetMin",
+            min,
+            format!("not on a SubnetLen boundary (/{len})"),
+        ));
     }
     if u32::from(max) & mask != u32::from(max) {
-        return Err(bad("SubnetMax", max, format!("not on a SubnetLen boundary (/{len})")));
+        return Err(bad(
+            "SubnetMax",
+            max,
+            format!("not on a SubnetLen boundary (/{len})"),
+        ));
     }
     Ok(())
 }
 
 fn check_v6(conf: &mut NetConf) -> Result<(), NetConfError> {
-    let network = conf.ipv6_network.map(|n| n.trunc()).filter(|n| n.prefix_len() != 0).ok_or_else(|| {
-        NetConfError::Invalid(
+    let network = conf
+        .ipv6_network
+        .map(|n| n.trunc())
+        .filter(|n| n.prefix_len() != 0)
+        .ok_or_else(|| {
+            NetConfError::Invalid(
             "IPv6Network is not set: define an IPv6Network such as \"fd00:10:244::/56\" in the network config"
                 .to_string(),
         )
-    })?;
+        })?;
     let prefix = network.prefix_len();
     if conf.ipv6_subnet_len > 0 {
         if conf.ipv6_subnet_len > 126 {
-            return Err(bad("IPv6SubnetLen", conf.ipv6_subnet_len, "must be less than /127 (at most 126)"));
+            return Err(bad(
+                "IPv6SubnetLen",
+                conf.ipv6_subnet_len,
+                "must be less than /127 (at most 126)",
+            ));
         }
         if u16::from(conf.ipv6_subnet_len) < u16::from(prefix) + 2 {
             return Err(bad(
@@ -107,7 +142,11 @@ fn check_v6(conf: &mut NetConf) -> Result<(), NetConfError> {
             ));
         }
     } else if prefix > 124 {
-        return Err(bad("IPv6Network", network, "network is too small: the minimum useful prefix is /124"));
+        return Err(bad(
+            "IPv6Network",
+            network,
+            "network is too small: the minimum useful prefix is /124",
+        ));
     } else if prefix <= 62 {
         conf.ipv6_subnet_len = 64;
     } else {
@@ -124,7 +163,11 @@ fn check_v6(conf: &mut NetConf) -> Result<(), NetConfError> {
     let min = match conf.ipv6_subnet_min {
         None => Ipv6Addr::from(base.wrapping_add(size)),
         Some(min) if !contains(min) => {
-            return Err(bad("IPv6SubnetMin", min, format!("not inside the IPv6Network {network}")));
+            return Err(bad(
+                "IPv6SubnetMin",
+                min,
+                format!("not inside the IPv6Network {network}"),
+            ));
         }
         Some(min) => min,
     };
@@ -134,17 +177,29 @@ fn check_v6(conf: &mut NetConf) -> Result<(), NetConfError> {
             Ipv6Addr::from(base.wrapping_add(span).wrapping_sub(size))
         }
         Some(max) if !contains(max) => {
-            return Err(bad("IPv6SubnetMax", max, format!("not inside the IPv6Network {network}")));
+            return Err(bad(
+                "IPv6SubnetMax",
+                max,
+                format!("not inside the IPv6Network {network}"),
+            ));
         }
         Some(max) => max,
     };
     conf.ipv6_subnet_min = Some(min);
     conf.ipv6_subnet_max = Some(max);
     if u128::from(min) & mask != u128::from(min) {
-        return Err(bad("IPv6SubnetMin", min, format!("not on a SubnetLen boundary (/{len})")));
+        return Err(bad(
+            "IPv6SubnetMin",
+            min,
+            format!("not on a SubnetLen boundary (/{len})"),
+        ));
     }
     if u128::from(max) & mask != u128::from(max) {
-        return Err(bad("IPv6SubnetMax", max, format!("not on a SubnetLen boundary (/{len})")));
+        return Err(bad(
+            "IPv6SubnetMax",
+            max,
+            format!("not on a SubnetLen boundary (/{len})"),
+        ));
     }
     Ok(())
 }

@@ -32,7 +32,11 @@ pub enum NetConfError {
     #[error("network config is not valid JSON: {0}")]
     Json(String),
     #[error("network config key {key:?} has an invalid value {value}: {reason}")]
-    BadValue { key: String, value: String, reason: String },
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
     #[error("network config: {0}")]
     Invalid(String),
     #[error("network config Backend: unknown backend type {0:?}")]
@@ -140,7 +144,9 @@ impl NetConf {
         let flag = |key: &'static str, default: bool| -> Result<bool, NetConfError> {
             match fields.get(key) {
                 None => Ok(default),
-                Some(raw) => Ok(gojson::decode_bool(raw).map_err(|r| bad_value(key, raw, r))?.unwrap_or(default)),
+                Some(raw) => Ok(gojson::decode_bool(raw)
+                    .map_err(|r| bad_value(key, raw, r))?
+                    .unwrap_or(default)),
             }
         };
         let enable_ipv4 = flag("EnableIPv4", true)?;
@@ -159,7 +165,9 @@ impl NetConf {
             None => None,
             Some((raw, text)) => match parse_go_cidr(&text) {
                 Ok(IpNet::V6(net)) => Some(net).filter(|n| n.prefix_len() != 0 || !n.addr().is_unspecified()),
-                Ok(IpNet::V4(_)) => return Err(bad_value("IPv6Network", raw, "expected an IPv6 CIDR, got IPv4")),
+                Ok(IpNet::V4(_)) => {
+                    return Err(bad_value("IPv6Network", raw, "expected an IPv6 CIDR, got IPv4"));
+                }
                 Err(reason) => return Err(bad_value("IPv6Network", raw, reason)),
             },
         };
@@ -172,7 +180,12 @@ impl NetConf {
 
         let (backend_type, backend) = match fields.non_null("Backend") {
             // Upstream's default when Backend is absent is udp (the docs say vxlan).
-            None => ("udp".to_string(), BackendConfig::Udp(UdpConfig { port: backend::DEFAULT_UDP_PORT })),
+            None => (
+                "udp".to_string(),
+                BackendConfig::Udp(UdpConfig {
+                    port: backend::DEFAULT_UDP_PORT,
+                }),
+            ),
             Some(raw) => backend::decode(raw)?,
         };
 
@@ -233,7 +246,11 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
 ];
 
 fn bad_value(key: &str, raw: &RawValue, reason: impl Into<String>) -> NetConfError {
-    NetConfError::BadValue { key: key.to_string(), value: raw.get().to_string(), reason: reason.into() }
+    NetConfError::BadValue {
+        key: key.to_string(),
+        value: raw.get().to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// A string-typed key: absent or `null` is `None`; any other JSON type is an error naming the key.
@@ -244,7 +261,9 @@ fn text_field<'a>(
     match fields.non_null(key) {
         None => Ok(None),
         Some(raw) => {
-            let text = gojson::decode_string(raw).map_err(|r| bad_value(key, raw, r))?.unwrap_or_default();
+            let text = gojson::decode_string(raw)
+                .map_err(|r| bad_value(key, raw, r))?
+                .unwrap_or_default();
             Ok(Some((raw, text)))
         }
     }
@@ -254,7 +273,9 @@ fn prefix_len_field(fields: &gojson::Fields<'_>, key: &'static str) -> Result<u8
     match fields.get(key) {
         None => Ok(0),
         Some(raw) => {
-            let value = gojson::decode_uint(raw).map_err(|r| bad_value(key, raw, r))?.unwrap_or(0);
+            let value = gojson::decode_uint(raw)
+                .map_err(|r| bad_value(key, raw, r))?
+                .unwrap_or(0);
             u8::try_from(value).map_err(|_| bad_value(key, raw, "prefix length out of range"))
         }
     }
@@ -290,21 +311,32 @@ fn ipv6_field(fields: &gojson::Fields<'_>, key: &'static str) -> Result<Option<I
 
 /// Go's `net.ParseCIDR`: `<ip>/<decimal prefix length>` for either family, host bits masked.
 pub fn parse_go_cidr(text: &str) -> Result<IpNet, String> {
-    let (ip_text, len_text) =
-        text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR (expected <ip>/<prefix length>)"))?;
-    let ip: IpAddr = ip_text.parse().map_err(|_| format!("{ip_text:?} in {text:?} is not an IP address"))?;
+    let (ip_text, len_text) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a CIDR (expected <ip>/<prefix length>)"))?;
+    let ip: IpAddr = ip_text
+        .parse()
+        .map_err(|_| format!("{ip_text:?} in {text:?} is not an IP address"))?;
     let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
     let len = if !len_text.is_empty() && len_text.bytes().all(|b| b.is_ascii_digit()) {
         let trimmed = len_text.trim_start_matches('0');
-        if trimmed.is_empty() { Some(0) } else { trimmed.parse::<u8>().ok() }
+        if trimmed.is_empty() {
+            Some(0)
+        } else {
+            trimmed.parse::<u8>().ok()
+        }
     } else {
         None
     };
-    let len = len
-        .filter(|l| *l <= max)
-        .ok_or_else(|| format!("prefix length {len_text:?} in {text:?} is not a number between 0 and {max}"))?;
-    IpNet::new(ip, len).map(|n| n.trunc()).map_err(|e| format!("{text:?}: {e}"))
+    let len = len.filter(|l| *l <= max).ok_or_else(|| {
+        format!("prefix length {len_text:?} in {text:?} is not a number between 0 and {max}")
+    })?;
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_backend;

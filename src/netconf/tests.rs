@@ -76,14 +76,20 @@ fn default_subnet_len_rules() {
         ("10.4.0.0/28", 30, "10.4.0.4", "10.4.0.12"),
     ] {
         let c = checked(&format!(r#"{{"Network":"{net}"}}"#));
-        assert_eq!((c.subnet_len, c.subnet_min, c.subnet_max), (len, Some(ip4(min)), Some(ip4(max))), "{net}");
+        assert_eq!(
+            (c.subnet_len, c.subnet_min, c.subnet_max),
+            (len, Some(ip4(min)), Some(ip4(max))),
+            "{net}"
+        );
     }
     for (net, len, min, max) in [
         ("fd00::/62", 64, "fd00:0:0:1::", "fd00:0:0:3::"),
         ("fd00::/63", 65, "fd00:0:0:0:8000::", "fd00:0:0:1:8000::"),
         ("fd00::/124", 126, "fd00::4", "fd00::c"),
     ] {
-        let c = checked(&format!(r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{net}"}}"#));
+        let c = checked(&format!(
+            r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{net}"}}"#
+        ));
         assert_eq!(
             (c.ipv6_subnet_len, c.ipv6_subnet_min, c.ipv6_subnet_max),
             (len, Some(ip6(min)), Some(ip6(max))),
@@ -112,22 +118,70 @@ fn check_errors_name_key_and_value() {
     let cases: &[(&str, &str)] = &[
         (r#"{}"#, "Network is not set"),
         (r#"{"Network":"0.0.0.0/0"}"#, "Network is not set"),
-        (r#"{"Network":"10.3.0.0/16","SubnetLen":31}"#, "\"SubnetLen\" has an invalid value 31: must be less than /31"),
-        (r#"{"Network":"10.3.0.0/16","SubnetLen":17}"#, "\"SubnetLen\" has an invalid value 17"),
-        (r#"{"Network":"10.3.0.0/29"}"#, "\"Network\" has an invalid value 10.3.0.0/29: network is too small"),
-        (r#"{"Network":"10.3.0.0/16","SubnetMin":"10.4.1.0"}"#, "\"SubnetMin\" has an invalid value 10.4.1.0: not inside"),
-        (r#"{"Network":"10.3.0.0/16","SubnetMax":"10.4.1.0"}"#, "\"SubnetMax\" has an invalid value 10.4.1.0: not inside"),
-        (r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.5"}"#, "\"SubnetMin\" has an invalid value 10.3.1.5: not on a SubnetLen boundary"),
-        (r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.1.128"}"#, "\"SubnetMax\" has an invalid value 10.3.1.128: not on a SubnetLen boundary"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true}"#, "IPv6Network is not set"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127}"#, "\"IPv6SubnetLen\" has an invalid value 127: must be less than /127"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":49}"#, "four subnets"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/125"}"#, "\"IPv6Network\" has an invalid value fd00::/125: network is too small"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd01::"}"#, "\"IPv6SubnetMin\" has an invalid value fd01::: not inside"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd01::"}"#, "\"IPv6SubnetMax\" has an invalid value fd01::: not inside"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00::1"}"#, "\"IPv6SubnetMin\" has an invalid value fd00::1: not on a SubnetLen boundary"),
-        (r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00:0:0:5::1"}"#, "\"IPv6SubnetMax\" has an invalid value fd00:0:0:5::1"),
-        (r#"{"EnableIPv4":false,"Network":"10.0.0.0/8"}"#, "neither EnableIPv4 nor EnableIPv6"),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetLen":31}"#,
+            "\"SubnetLen\" has an invalid value 31: must be less than /31",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetLen":17}"#,
+            "\"SubnetLen\" has an invalid value 17",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/29"}"#,
+            "\"Network\" has an invalid value 10.3.0.0/29: network is too small",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetMin":"10.4.1.0"}"#,
+            "\"SubnetMin\" has an invalid value 10.4.1.0: not inside",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetMax":"10.4.1.0"}"#,
+            "\"SubnetMax\" has an invalid value 10.4.1.0: not inside",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.5"}"#,
+            "\"SubnetMin\" has an invalid value 10.3.1.5: not on a SubnetLen boundary",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/16","SubnetMax":"10.3.1.128"}"#,
+            "\"SubnetMax\" has an invalid value 10.3.1.128: not on a SubnetLen boundary",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true}"#,
+            "IPv6Network is not set",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127}"#,
+            "\"IPv6SubnetLen\" has an invalid value 127: must be less than /127",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":49}"#,
+            "four subnets",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/125"}"#,
+            "\"IPv6Network\" has an invalid value fd00::/125: network is too small",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd01::"}"#,
+            "\"IPv6SubnetMin\" has an invalid value fd01::: not inside",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd01::"}"#,
+            "\"IPv6SubnetMax\" has an invalid value fd01::: not inside",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00::1"}"#,
+            "\"IPv6SubnetMin\" has an invalid value fd00::1: not on a SubnetLen boundary",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00:0:0:5::1"}"#,
+            "\"IPv6SubnetMax\" has an invalid value fd00:0:0:5::1",
+        ),
+        (
+            r#"{"EnableIPv4":false,"Network":"10.0.0.0/8"}"#,
+            "neither EnableIPv4 nor EnableIPv6",
+        ),
     ];
     for (json, needle) in cases {
         let text = check_err(json).to_string();
@@ -160,14 +214,25 @@ fn keys_are_case_insensitive_and_last_occurrence_wins() {
     assert!(c.enable_ipv6 && c.enable_nftables);
     assert_eq!(c.subnet_len, 26);
     // Go assigns every occurrence in document order: the last one wins whatever its case.
-    assert_eq!(conf(r#"{"Network":"10.1.0.0/16","network":"10.2.0.0/16"}"#).network, Some("10.2.0.0/16".parse().unwrap()));
-    assert_eq!(conf(r#"{"network":"10.2.0.0/16","Network":"10.1.0.0/16"}"#).network, Some("10.1.0.0/16".parse().unwrap()));
-    assert_eq!(conf(r#"{"Network":"10.1.0.0/16","Network":"10.3.0.0/16"}"#).network, Some("10.3.0.0/16".parse().unwrap()));
+    assert_eq!(
+        conf(r#"{"Network":"10.1.0.0/16","network":"10.2.0.0/16"}"#).network,
+        Some("10.2.0.0/16".parse().unwrap())
+    );
+    assert_eq!(
+        conf(r#"{"network":"10.2.0.0/16","Network":"10.1.0.0/16"}"#).network,
+        Some("10.1.0.0/16".parse().unwrap())
+    );
+    assert_eq!(
+        conf(r#"{"Network":"10.1.0.0/16","Network":"10.3.0.0/16"}"#).network,
+        Some("10.3.0.0/16".parse().unwrap())
+    );
 }
 
 #[test]
 fn unknown_keys_and_nulls() {
-    let c = conf(r#"{"Network":"10.1.0.0/16","Comment":"x","Networks":"ignored","EnableIPv4":null,"SubnetMin":null,"Backend":null}"#);
+    let c = conf(
+        r#"{"Network":"10.1.0.0/16","Comment":"x","Networks":"ignored","EnableIPv4":null,"SubnetMin":null,"Backend":null}"#,
+    );
     assert!(c.enable_ipv4);
     assert_eq!(c.subnet_min, None);
     assert_eq!(c.backend_type, "udp");
@@ -175,7 +240,9 @@ fn unknown_keys_and_nulls() {
 
 #[test]
 fn network_is_masked_and_unset_values() {
-    let c = conf(r#"{"Network":"10.3.5.7/16","SubnetMin":"0.0.0.0","IPv6Network":"fd00::1/48","IPv6SubnetMax":"::"}"#);
+    let c = conf(
+        r#"{"Network":"10.3.5.7/16","SubnetMin":"0.0.0.0","IPv6Network":"fd00::1/48","IPv6SubnetMax":"::"}"#,
+    );
     assert_eq!(c.network.unwrap().to_string(), "10.3.0.0/16");
     assert_eq!(c.ipv6_network.unwrap().to_string(), "fd00::/48");
     assert_eq!(c.subnet_min, None);
@@ -184,29 +251,74 @@ fn network_is_masked_and_unset_values() {
     assert_eq!(conf(r#"{"IPv6Network":"::/0"}"#).ipv6_network, None);
     assert!(conf(r#"{"IPv6Network":"::/64"}"#).ipv6_network.is_some());
     // Go's ParseIP + To4 accepts the IPv4-mapped form for an IPv4 field.
-    assert_eq!(conf(r#"{"SubnetMin":"::ffff:10.3.1.0"}"#).subnet_min, Some(ip4("10.3.1.0")));
+    assert_eq!(
+        conf(r#"{"SubnetMin":"::ffff:10.3.1.0"}"#).subnet_min,
+        Some(ip4("10.3.1.0"))
+    );
 }
 
 #[test]
 fn parse_errors_name_key_and_value() {
     let cases: &[(&str, &str)] = &[
-        (r#"{"SubnetLen":"24"}"#, "key \"SubnetLen\" has an invalid value \"24\": expected a number"),
+        (
+            r#"{"SubnetLen":"24"}"#,
+            "key \"SubnetLen\" has an invalid value \"24\": expected a number",
+        ),
         (r#"{"SubnetLen":-1}"#, "\"SubnetLen\" has an invalid value -1"),
         (r#"{"SubnetLen":24.5}"#, "\"SubnetLen\" has an invalid value 24.5"),
         (r#"{"SubnetLen":300}"#, "\"SubnetLen\" has an invalid value 300"),
-        (r#"{"EnableIPv4":"true"}"#, "\"EnableIPv4\" has an invalid value \"true\""),
-        (r#"{"Network":"fd00::/48"}"#, "\"Network\" has an invalid value \"fd00::/48\": expected an IPv4 CIDR"),
-        (r#"{"Network":"10.3.0.0"}"#, "\"Network\" has an invalid value \"10.3.0.0\""),
-        (r#"{"Network":"10.3.0.0/33"}"#, "\"Network\" has an invalid value \"10.3.0.0/33\""),
-        (r#"{"Network":"10.3.0.300/16"}"#, "\"Network\" has an invalid value"),
-        (r#"{"Network":16}"#, "\"Network\" has an invalid value 16: expected a string"),
-        (r#"{"IPv6Network":"10.0.0.0/8"}"#, "\"IPv6Network\" has an invalid value \"10.0.0.0/8\""),
-        (r#"{"SubnetMin":"fd00::1"}"#, "\"SubnetMin\" has an invalid value \"fd00::1\": expected an IPv4 address"),
-        (r#"{"SubnetMax":"10.3.1"}"#, "\"SubnetMax\" has an invalid value \"10.3.1\""),
-        (r#"{"IPv6SubnetMin":"10.3.1.0"}"#, "\"IPv6SubnetMin\" has an invalid value \"10.3.1.0\""),
-        (r#"{"IPv6SubnetMax":"zz::"}"#, "\"IPv6SubnetMax\" has an invalid value \"zz::\""),
-        (r#"{"Backend":"vxlan"}"#, "\"Backend\" has an invalid value \"vxlan\""),
-        (r#"{"Backend":{"Type":1}}"#, "\"Backend.Type\" has an invalid value 1"),
+        (
+            r#"{"EnableIPv4":"true"}"#,
+            "\"EnableIPv4\" has an invalid value \"true\"",
+        ),
+        (
+            r#"{"Network":"fd00::/48"}"#,
+            "\"Network\" has an invalid value \"fd00::/48\": expected an IPv4 CIDR",
+        ),
+        (
+            r#"{"Network":"10.3.0.0"}"#,
+            "\"Network\" has an invalid value \"10.3.0.0\"",
+        ),
+        (
+            r#"{"Network":"10.3.0.0/33"}"#,
+            "\"Network\" has an invalid value \"10.3.0.0/33\"",
+        ),
+        (
+            r#"{"Network":"10.3.0.300/16"}"#,
+            "\"Network\" has an invalid value",
+        ),
+        (
+            r#"{"Network":16}"#,
+            "\"Network\" has an invalid value 16: expected a string",
+        ),
+        (
+            r#"{"IPv6Network":"10.0.0.0/8"}"#,
+            "\"IPv6Network\" has an invalid value \"10.0.0.0/8\"",
+        ),
+        (
+            r#"{"SubnetMin":"fd00::1"}"#,
+            "\"SubnetMin\" has an invalid value \"fd00::1\": expected an IPv4 address",
+        ),
+        (
+            r#"{"SubnetMax":"10.3.1"}"#,
+            "\"SubnetMax\" has an invalid value \"10.3.1\"",
+        ),
+        (
+            r#"{"IPv6SubnetMin":"10.3.1.0"}"#,
+            "\"IPv6SubnetMin\" has an invalid value \"10.3.1.0\"",
+        ),
+        (
+            r#"{"IPv6SubnetMax":"zz::"}"#,
+            "\"IPv6SubnetMax\" has an invalid value \"zz::\"",
+        ),
+        (
+            r#"{"Backend":"vxlan"}"#,
+            "\"Backend\" has an invalid value \"vxlan\"",
+        ),
+        (
+            r#"{"Backend":{"Type":1}}"#,
+            "\"Backend.Type\" has an invalid value 1",
+        ),
     ];
     for (json, needle) in cases {
         let text = parse_err(json).to_string();
@@ -218,148 +330,23 @@ fn parse_errors_name_key_and_value() {
 }
 
 #[test]
-fn backend_defaults() {
-    let c = conf(r#"{"Network":"10.1.0.0/16"}"#);
-    assert_eq!(c.backend_type, "udp");
-    assert_eq!(c.backend, BackendConfig::Udp(UdpConfig { port: 8285 }));
-    let c = conf(r#"{"Backend":{"Type":"VXLAN"}}"#);
-    assert_eq!(c.backend_type, "vxlan");
-    assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig { vni: 1, ..VxlanConfig::default() }));
-    assert_eq!(conf(r#"{"Backend":{"type":"Host-GW"}}"#).backend, BackendConfig::HostGw);
-    assert_eq!(conf(r#"{"Backend":{"Type":"alloc"}}"#).backend, BackendConfig::Alloc);
-    assert_eq!(conf(r#"{"Backend":{"Type":"udp"}}"#).backend, BackendConfig::Udp(UdpConfig { port: 8285 }));
-    assert_eq!(conf(r#"{"Backend":{"Type":"ipip"}}"#).backend, BackendConfig::Ipip(IpipConfig::default()));
-    assert_eq!(
-        conf(r#"{"Backend":{"Type":"wireguard"}}"#).backend,
-        BackendConfig::Wireguard(WireguardConfig {
-            listen_port: 51820,
-            listen_port_v6: 51821,
-            mtu: 0,
-            psk: None,
-            persistent_keepalive: 0,
-            mode: WireguardMode::Separate,
-        })
-    );
-    assert_eq!(conf(r#"{"Backend":{"Type":"extension"}}"#).backend, BackendConfig::Extension(ExtensionConfig::default()));
-}
-
-#[test]
-fn backend_keys_are_decoded() {
-    let c = conf(r#"{"Backend":{"Type":"vxlan","vni":4096,"PORT":4789,"MTU":1400,"GBP":true,"learning":true,"DirectRouting":true,"MacPrefix":"0E-2A"}}"#);
-    assert_eq!(
-        c.backend,
-        BackendConfig::Vxlan(VxlanConfig { vni: 4096, port: 4789, mtu: 1400, gbp: true, learning: true, direct_routing: true })
-    );
-    let c = conf(r#"{"Backend":{"Type":"vxlan","VNI":0}}"#);
-    assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig { vni: 0, ..VxlanConfig::default() }));
-    assert_eq!(conf(r#"{"Backend":{"Type":"udp","Port":9000}}"#).backend, BackendConfig::Udp(UdpConfig { port: 9000 }));
-    assert_eq!(
-        conf(r#"{"Backend":{"Type":"ipip","directrouting":true}}"#).backend,
-        BackendConfig::Ipip(IpipConfig { direct_routing: true })
-    );
-    let psk = "Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc=";
-    let c = conf(&format!(
-        r#"{{"Backend":{{"Type":"WireGuard","ListenPort":5000,"ListenPortV6":5001,"MTU":1420,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"auto"}}}}"#
-    ));
-    assert_eq!(c.backend_type, "wireguard");
-    assert_eq!(
-        c.backend,
-        BackendConfig::Wireguard(WireguardConfig {
-            listen_port: 5000,
-            listen_port_v6: 5001,
-            mtu: 1420,
-            psk: Some(psk.to_string()),
-            persistent_keepalive: 25,
-            mode: WireguardMode::Auto,
-        })
-    );
-    for (text, mode) in [("separate", WireguardMode::Separate), ("ipv4", WireguardMode::Ipv4), ("ipv6", WireguardMode::Ipv6)] {
-        let c = conf(&format!(r#"{{"Backend":{{"Type":"wireguard","Mode":"{text}"}}}}"#));
-        assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardConfig { mode: m, .. }) if m == mode));
-    }
-    let c = conf(
-        r#"{"Backend":{"Type":"extension","PreStartupCommand":"a","PostStartupCommand":"b","SubnetAddCommand":"c","subnetremovecommand":"d"}}"#,
-    );
-    assert_eq!(
-        c.backend,
-        BackendConfig::Extension(ExtensionConfig {
-            pre_startup_command: "a".into(),
-            post_startup_command: "b".into(),
-            subnet_add_command: "c".into(),
-            subnet_remove_command: "d".into(),
-        })
-    );
-}
-
-#[test]
-fn backend_type_errors() {
-    assert_eq!(parse_err(r#"{"Backend":{}}"#), NetConfError::UnknownBackend(String::new()));
-    assert_eq!(parse_err(r#"{"Backend":{"Type":""}}"#), NetConfError::UnknownBackend(String::new()));
-    assert_eq!(parse_err(r#"{"Backend":{"Type":"Foo"}}"#), NetConfError::UnknownBackend("Foo".into()));
-    assert_eq!(parse_err(r#"{"Backend":{"Type":"IPsec"}}"#), NetConfError::UnsupportedBackend("IPsec".into()));
-    assert_eq!(parse_err(r#"{"Backend":{"Type":"tencent-vpc"}}"#), NetConfError::UnsupportedBackend("tencent-vpc".into()));
-    assert!(parse_err(r#"{"Backend":{"Type":"Foo"}}"#).to_string().contains("\"Foo\""));
-}
-
-#[test]
-fn backend_value_errors_name_backend_key_and_value() {
-    let cases: &[(&str, &str)] = &[
-        (r#"{"Backend":{"Type":"vxlan","VNI":16777216}}"#, "(vxlan): key \"VNI\" has an invalid value 16777216: must be between 0 and 16777215"),
-        (r#"{"Backend":{"Type":"vxlan","VNI":-1}}"#, "key \"VNI\" has an invalid value -1"),
-        (r#"{"Backend":{"Type":"vxlan","VNI":"1"}}"#, "key \"VNI\" has an invalid value \"1\""),
-        (r#"{"Backend":{"Type":"vxlan","Port":65536}}"#, "key \"Port\" has an invalid value 65536"),
-        (r#"{"Backend":{"Type":"vxlan","MTU":-5}}"#, "key \"MTU\" has an invalid value -5"),
-        (r#"{"Backend":{"Type":"vxlan","GBP":"yes"}}"#, "key \"GBP\" has an invalid value \"yes\""),
-        (r#"{"Backend":{"Type":"udp","Port":1.5}}"#, "(udp): key \"Port\" has an invalid value 1.5"),
-        (r#"{"Backend":{"Type":"ipip","DirectRouting":1}}"#, "(ipip): key \"DirectRouting\" has an invalid value 1"),
-        (r#"{"Backend":{"Type":"wireguard","PersistentKeepaliveInterval":"25s"}}"#, "key \"PersistentKeepaliveInterval\" has an invalid value \"25s\""),
-        (r#"{"Backend":{"Type":"wireguard","ListenPort":-1}}"#, "key \"ListenPort\" has an invalid value -1"),
-        (r#"{"Backend":{"Type":"wireguard","Mode":"Separate"}}"#, "no valid Mode configured: key \"Mode\" has value \"Separate\""),
-        (r#"{"Backend":{"Type":"wireguard","Mode":""}}"#, "no valid Mode configured"),
-        (r#"{"Backend":{"Type":"extension","SubnetAddCommand":["a"]}}"#, "(extension): key \"SubnetAddCommand\" has an invalid value [\"a\"]"),
-    ];
-    for (json, needle) in cases {
-        let text = parse_err(json).to_string();
-        assert!(text.contains(needle), "{json}: {text}");
-    }
-}
-
-#[test]
-fn wireguard_psk_errors_never_print_the_value() {
-    for psk in ["c2hvcnQ=", "not base64 at all!", "Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB"] {
-        let err = parse_err(&format!(r#"{{"Backend":{{"Type":"wireguard","PSK":"{psk}"}}}}"#));
-        let text = err.to_string();
-        assert!(text.contains("\"PSK\""), "{text}");
-        assert!(!text.contains(psk), "{text}");
-    }
-    let err = parse_err(r#"{"Backend":{"Type":"wireguard","PSK":12345}}"#).to_string();
-    assert!(err.contains("\"PSK\"") && !err.contains("12345"), "{err}");
-    // An empty PSK is "no PSK", as upstream.
-    let c = conf(r#"{"Backend":{"Type":"wireguard","PSK":""}}"#);
-    assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardConfig { psk: None, .. })));
-}
-
-#[test]
-fn base64_decoder_is_strict_std() {
-    use super::backend::base64_std_decode as d;
-    assert_eq!(d("").unwrap(), b"");
-    assert_eq!(d("Zg==").unwrap(), b"f");
-    assert_eq!(d("Zm8=").unwrap(), b"fo");
-    assert_eq!(d("Zm9v").unwrap(), b"foo");
-    assert_eq!(d("Zm9v\nYmFy").unwrap(), b"foobar");
-    assert!(d("Zg").is_none());
-    assert!(d("Zg==Zm9v").is_none());
-    assert!(d("Z===").is_none());
-    assert!(d("Zm9-").is_none());
-    assert_eq!(d("Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc=").unwrap().len(), 32);
-}
-
-#[test]
 fn go_cidr_parsing() {
     assert_eq!(parse_go_cidr("10.5.72.1/24").unwrap().to_string(), "10.5.72.0/24");
-    assert_eq!(parse_go_cidr("fd00:10:244:1::1/64").unwrap().to_string(), "fd00:10:244:1::/64");
+    assert_eq!(
+        parse_go_cidr("fd00:10:244:1::1/64").unwrap().to_string(),
+        "fd00:10:244:1::/64"
+    );
     assert_eq!(parse_go_cidr("10.0.0.0/08").unwrap().to_string(), "10.0.0.0/8");
-    for bad in ["10.0.0.0", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0/8", "fd00::/129", " 10.0.0.0/8", "x"] {
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/",
+        "10.0.0.0/33",
+        "10.0.0.0/-1",
+        "10.0.0/8",
+        "fd00::/129",
+        " 10.0.0.0/8",
+        "x",
+    ] {
         assert!(parse_go_cidr(bad).is_err(), "{bad}");
     }
 }

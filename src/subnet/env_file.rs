@@ -34,7 +34,12 @@ pub enum EnvFileError {
     #[error("subnet file path {0} has no file name")]
     NoFileName(PathBuf),
     #[error("writing subnet file {path}: {step} {temp}: {source}")]
-    Write { path: PathBuf, step: &'static str, temp: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        step: &'static str,
+        temp: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading subnet file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
 }
@@ -53,7 +58,10 @@ pub fn render(conf: &NetConf, lease: &Lease, mtu: u32, ip_masq: bool) -> String 
         let network = conf.network.unwrap_or_default();
         let subnet = lease.subnet.unwrap_or_default();
         let first = std::net::Ipv4Addr::from(u32::from(subnet.addr()).wrapping_add(1));
-        out.push_str(&format!("{KEY_NETWORK}={network}\n{KEY_SUBNET}={first}/{}\n", subnet.prefix_len()));
+        out.push_str(&format!(
+            "{KEY_NETWORK}={network}\n{KEY_SUBNET}={first}/{}\n",
+            subnet.prefix_len()
+        ));
     }
     if conf.enable_ipv6 {
         let network = conf.ipv6_network.unwrap_or_default();
@@ -72,7 +80,9 @@ pub fn render(conf: &NetConf, lease: &Lease, mtu: u32, ip_masq: bool) -> String 
 /// `.<name><random>` in the target directory with the existing regular file's permission bits or
 /// exactly 0644 (umask ignored), written, fsynced, renamed over `path`, and the directory fsynced.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), EnvFileError> {
-    let name = path.file_name().ok_or_else(|| EnvFileError::NoFileName(path.to_path_buf()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| EnvFileError::NoFileName(path.to_path_buf()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -81,7 +91,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), EnvFileError> {
         .recursive(true)
         .mode(0o755)
         .create(&dir)
-        .map_err(|source| EnvFileError::CreateDir { dir: dir.clone(), source })?;
+        .map_err(|source| EnvFileError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
 
     let mode = match fs::metadata(path) {
         Ok(meta) if meta.is_file() => meta.permissions().mode() & 0o777,
@@ -91,10 +104,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), EnvFileError> {
     let (temp, mut file) = create_temp(path, &dir, name, mode)?;
     let fail = |step: &'static str, source: std::io::Error| {
         let _ = fs::remove_file(&temp);
-        EnvFileError::Write { path: path.to_path_buf(), step, temp: temp.clone(), source }
+        EnvFileError::Write {
+            path: path.to_path_buf(),
+            step,
+            temp: temp.clone(),
+            source,
+        }
     };
     // The mode given to open() is filtered by the umask; set it explicitly.
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| fail("setting permissions of", e))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| fail("setting permissions of", e))?;
     file.write_all(contents).map_err(|e| fail("writing", e))?;
     file.sync_all().map_err(|e| fail("syncing", e))?;
     drop(file);
@@ -120,16 +139,32 @@ fn create_temp(
         temp_name.push(name);
         temp_name.push(suffix.to_string());
         let temp = dir.join(temp_name);
-        match fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+        {
             Ok(file) => return Ok((temp, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some((temp, e)),
             Err(source) => {
-                return Err(EnvFileError::Write { path: path.to_path_buf(), step: "creating", temp, source });
+                return Err(EnvFileError::Write {
+                    path: path.to_path_buf(),
+                    step: "creating",
+                    temp,
+                    source,
+                });
             }
         }
     }
-    let (temp, source) = last_error.unwrap_or_else(|| (dir.to_path_buf(), std::io::ErrorKind::AlreadyExists.into()));
-    Err(EnvFileError::Write { path: path.to_path_buf(), step: "creating", temp, source })
+    let (temp, source) =
+        last_error.unwrap_or_else(|| (dir.to_path_buf(), std::io::ErrorKind::AlreadyExists.into()));
+    Err(EnvFileError::Write {
+        path: path.to_path_buf(),
+        step: "creating",
+        temp,
+        source,
+    })
 }
 
 /// Read what a previous run wrote (spec 4.3). Never fails: a missing or unreadable file, a missing
@@ -150,13 +185,19 @@ pub fn read_previous(path: &Path) -> PreviousSubnets {
     let vars = match parse_env(&text) {
         Ok(vars) => vars,
         Err(reason) => {
-            let err = EnvFileError::Read { path: path.to_path_buf(), reason };
+            let err = EnvFileError::Read {
+                path: path.to_path_buf(),
+                reason,
+            };
             tracing::warn!(error = %err, "ignoring the previous subnet file");
             return PreviousSubnets::default();
         }
     };
     let single = |key: &str| -> Option<IpNet> {
-        let value = vars.get(key)?;
+        let Some(value) = vars.get(key) else {
+            tracing::debug!(key, path = %path.display(), "key not in the previous subnet file");
+            return None;
+        };
         let mut valid = Vec::new();
         for (entry, parsed) in value.split(',').map(|e| (e, parse_go_cidr(e))) {
             match parsed {
@@ -242,7 +283,9 @@ pub fn parse_env(text: &str) -> Result<HashMap<String, String>, String> {
             .ok_or_else(|| format!("entry {line_no} {line:?} has no '=' between name and value"))?;
         let key = line.get(..sep).unwrap_or("").trim_end_matches([' ', '\t']);
         if key.is_empty() || key.contains(char::is_whitespace) {
-            return Err(format!("entry {line_no} {line:?} has an invalid variable name {key:?}"));
+            return Err(format!(
+                "entry {line_no} {line:?} has an invalid variable name {key:?}"
+            ));
         }
         let after = body.get(sep + 1..).unwrap_or("").trim_start_matches([' ', '\t']);
         let (value, remaining) = match after.chars().next() {
@@ -309,7 +352,10 @@ mod tests {
     fn renders_v4_exactly() {
         let conf = NetConf::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         let text = render(&conf, &lease(Some("10.5.72.0/24"), None), 1450, false);
-        assert_eq!(text, "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n");
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
     }
 
     #[test]
@@ -318,7 +364,12 @@ mod tests {
             r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        let text = render(&conf, &lease(Some("10.42.0.0/24"), Some("2001:cafe:42::/64")), 1450, true);
+        let text = render(
+            &conf,
+            &lease(Some("10.42.0.0/24"), Some("2001:cafe:42::/64")),
+            1450,
+            true,
+        );
         assert_eq!(
             text,
             "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
@@ -327,7 +378,9 @@ mod tests {
 
     #[test]
     fn renders_v6_only() {
-        let conf = NetConf::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#).unwrap();
+        let conf =
+            NetConf::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#)
+                .unwrap();
         let text = render(&conf, &lease(None, Some("fd00:10:244:1::/64")), 1500, false);
         assert_eq!(
             text,
@@ -340,7 +393,10 @@ mod tests {
         assert_eq!(parse_cidr_list("10.244.1.0/24,not-a-cidr,10.244.2.0/24").len(), 2);
         assert!(parse_cidr_list("not-a-cidr").is_empty());
         assert!(parse_cidr_list("").is_empty());
-        assert_eq!(parse_cidr_list("10.5.72.1/24"), vec!["10.5.72.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            parse_cidr_list("10.5.72.1/24"),
+            vec!["10.5.72.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]

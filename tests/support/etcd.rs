@@ -142,6 +142,16 @@ pub struct Etcd {
     server_tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// (ca, cert, key) etcdctl uses against a TLS server.
     client_tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `user:password` etcdctl passes once auth is enabled.
+    etcdctl_user: Option<String>,
+}
+
+/// Show flanneld's logs (debug) in the output of failing tests.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("flanneld=debug"))
+        .with_test_writer()
+        .try_init();
 }
 
 fn free_port() -> u16 {
@@ -157,6 +167,7 @@ impl Etcd {
 
     /// Start a plain-HTTP etcd, or print why not and return `None`.
     pub fn start_or_skip() -> Option<Etcd> {
+        init_logs();
         if !Etcd::available() {
             eprintln!(
                 "skipping: {ETCD_BIN} or {ETCDCTL_BIN} is missing (install etcd-server and etcd-client)"
@@ -189,6 +200,7 @@ impl Etcd {
             child: None,
             server_tls: certs.map(|c| (c.ca.clone(), c.server_cert.clone(), c.server_key.clone())),
             client_tls: certs.map(|c| (c.ca.clone(), c.client_cert.clone(), c.client_key.clone())),
+            etcdctl_user: None,
         };
         etcd.spawn_and_wait();
         etcd
@@ -319,6 +331,9 @@ impl Etcd {
                 .arg("--key")
                 .arg(key);
         }
+        if let Some(user) = &self.etcdctl_user {
+            cmd.arg("--user").arg(user);
+        }
         let out = cmd
             .args(args)
             .output()
@@ -328,6 +343,14 @@ impl Etcd {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Create the `root` user with `password` and turn authentication on; etcdctl then logs in
+    /// as root.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.etcdctl(&["user", "add", &format!("root:{password}")]);
+        self.etcdctl(&["auth", "enable"]);
+        self.etcdctl_user = Some(format!("root:{password}"));
     }
 
     /// Run etcdctl and panic with its stderr on failure.
@@ -373,6 +396,42 @@ impl Etcd {
             .nth(1)
             .unwrap_or_else(|| panic!("unexpected etcdctl lease grant output: {out}"))
             .to_string()
+    }
+
+    /// `etcdctl put key value` attached to a new lease of `ttl` seconds; returns the lease id (hex).
+    pub fn put_with_ttl(&self, key: &str, value: &str, ttl: u32) -> String {
+        let lease = self.grant(ttl);
+        self.etcdctl(&["put", "--lease", &lease, key, value]);
+        lease
+    }
+
+    /// The etcd lease id `key` is attached to (0: none, a reservation); `None` if the key is absent.
+    pub fn lease_id(&self, key: &str) -> Option<i64> {
+        let out = self.etcdctl(&["get", key, "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("get JSON");
+        let kv = v.get("kvs")?.get(0)?;
+        Some(kv.get("lease").and_then(|l| l.as_i64()).unwrap_or(0))
+    }
+
+    /// The remaining TTL in seconds of the lease `key` is attached to.
+    pub fn ttl_of(&self, key: &str) -> Option<i64> {
+        let id = self.lease_id(key).filter(|id| *id != 0)?;
+        let out = self.etcdctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("timetolive JSON");
+        v.get("ttl").and_then(|t| t.as_i64())
+    }
+
+    /// Client settings for flanneld's etcd manager against this etcd.
+    pub fn client_config(&self, prefix: &str) -> flanneld::config::EtcdConfig {
+        flanneld::config::EtcdConfig {
+            endpoints: vec![self.endpoint.clone()],
+            prefix: prefix.to_string(),
+            keyfile: None,
+            certfile: None,
+            cafile: None,
+            username: None,
+            password: None,
+        }
     }
 
     /// The current revision of the store.

@@ -407,7 +407,7 @@ pub struct Pinger {
 
 impl Pinger {
     pub fn finish(mut self) -> (u64, u64) {
-        let mut child = self.child.take().expect("pinger");
+        let child = self.child.take().expect("pinger");
         let _ = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status();

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use crate::backend::{Entry, Ownership, Underlay};
 use crate::kernel::{KResult, KernelEvent, Netlink, RT_TABLE_MAIN, Route, RouteKind};
 
@@ -22,11 +24,27 @@ pub(super) async fn read_installed_with(
     own: &Ownership,
     routes: &[Route],
 ) -> KResult<Vec<Entry>> {
-    let mut out: Vec<Entry> =
-        routes.iter().filter(|r| is_owned_route(own, r)).cloned().map(Entry::Route).collect();
+    let mut out: Vec<Entry> = routes
+        .iter()
+        .filter(|r| is_owned_route(own, r))
+        .cloned()
+        .map(Entry::Route)
+        .collect();
     for &dev in &own.devices {
-        out.extend(k.neighs(dev).await?.into_iter().filter(|n| is_owned_neigh(own, n)).map(Entry::Neigh));
-        out.extend(k.fdbs(dev).await?.into_iter().filter(|f| is_owned_fdb(own, f)).map(Entry::Fdb));
+        out.extend(
+            k.neighs(dev)
+                .await?
+                .into_iter()
+                .filter(|n| is_owned_neigh(own, n))
+                .map(Entry::Neigh),
+        );
+        out.extend(
+            k.fdbs(dev)
+                .await?
+                .into_iter()
+                .filter(|f| is_owned_fdb(own, f))
+                .map(Entry::Fdb),
+        );
     }
     Ok(out)
 }
@@ -40,6 +58,11 @@ fn is_connected(r: &Route) -> bool {
     r.kind == RouteKind::Unicast && r.gateway.is_none() && r.oif.is_some() && !r.multipath
 }
 
+/// IPv6 link-local prefixes come and go with every pod's veth and never hold a public IP.
+fn is_link_local(dst: &IpNet) -> bool {
+    matches!(dst, IpNet::V6(n) if (n.addr().segments()[0] & 0xffc0) == 0xfe80)
+}
+
 /// The underlay as `ip route get` would judge it: connected prefixes (no gateway) and prefixes
 /// reached otherwise (through a gateway, several next hops, or not at all), from the main table,
 /// leaving out routes over the backend's own devices.
@@ -48,7 +71,10 @@ pub fn underlay_from(routes: &[Route], own: &Ownership) -> Underlay {
     for r in routes.iter().filter(|r| is_underlay_route(own, r)) {
         if is_connected(r) {
             underlay.connected.push(r.dst);
-        } else if matches!(r.kind, RouteKind::Unicast | RouteKind::Blackhole | RouteKind::Other(_)) {
+        } else if matches!(
+            r.kind,
+            RouteKind::Unicast | RouteKind::Blackhole | RouteKind::Other(_)
+        ) {
             underlay.indirect.push(r.dst);
         }
     }
@@ -96,10 +122,15 @@ pub fn classify(
         KernelEvent::LinkChanged(l) if own.route_oifs.contains(&l.index) => Trigger::Pass,
         KernelEvent::LinkDeleted { index, .. } if own.route_oifs.contains(index) => Trigger::Pass,
         KernelEvent::LinkChanged(_) | KernelEvent::LinkDeleted { .. } => Trigger::Nothing,
-        KernelEvent::AddrAdded(a) | KernelEvent::AddrDeleted(a) if is_device(a.index, None) => Trigger::Devices,
+        KernelEvent::AddrAdded(a) | KernelEvent::AddrDeleted(a) if is_device(a.index, None) => {
+            Trigger::Devices
+        }
         KernelEvent::AddrAdded(_) | KernelEvent::AddrDeleted(_) => Trigger::Nothing,
         KernelEvent::RouteAdded(r) | KernelEvent::RouteDeleted(r)
-            if is_underlay_route(own, r) && is_connected(r) && !is_owned_route(own, r) =>
+            if is_underlay_route(own, r)
+                && is_connected(r)
+                && !is_link_local(&r.dst)
+                && !is_owned_route(own, r) =>
         {
             Trigger::Pass
         }

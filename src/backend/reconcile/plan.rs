@@ -12,9 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::backend::{Entry, Ownership};
-use crate::kernel::{
-    Fdb, MacAddr, NUD_PERMANENT, Neigh, Op, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind,
-};
+use crate::kernel::{Fdb, MacAddr, NUD_PERMANENT, Neigh, Op, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind};
 
 /// The identity of an entry: the kernel keeps at most one object per key (for routes: per key and
 /// metric, which we do not use). Two entries with the same key are two versions of one object.
@@ -43,7 +41,8 @@ impl EntryKey {
 /// - neighbours: state bits other than NUD_PERMANENT (the kernel may add NUD_NOARP and friends);
 /// - routes: `prefsrc` unless the desired route sets one, and `multipath` (owned routes never
 ///   have several next hops: they need an output device);
-/// - FDB entries: nothing beyond the key, destination, `self` and `permanent`.
+/// - FDB entries: the `self` flag (NTF_SELF says where the request goes — the vxlan device rather
+///   than a bridge master — not what the entry is).
 pub fn same_entry(desired: &Entry, installed: &Entry) -> bool {
     match (desired, installed) {
         (Entry::Neigh(d), Entry::Neigh(i)) => {
@@ -52,7 +51,9 @@ pub fn same_entry(desired: &Entry, installed: &Entry) -> bool {
                 && d.mac == i.mac
                 && (d.state & NUD_PERMANENT) == (i.state & NUD_PERMANENT)
         }
-        (Entry::Fdb(d), Entry::Fdb(i)) => d == i,
+        (Entry::Fdb(d), Entry::Fdb(i)) => {
+            d.index == i.index && d.mac == i.mac && d.dst == i.dst && d.permanent == i.permanent
+        }
         (Entry::Route(d), Entry::Route(i)) => {
             d.dst == i.dst
                 && d.gateway == i.gateway
@@ -155,9 +156,12 @@ pub fn plan(desired: &[Entry], installed: &[Entry]) -> Vec<Op> {
         match installed_by_key.get(key) {
             None => replaces.push(want),
             Some(have) => match have.iter().position(|h| same_entry(want, h)) {
-                Some(keep) => {
-                    deletes.extend(have.iter().enumerate().filter(|(i, _)| *i != keep).map(|(_, h)| *h))
-                }
+                Some(keep) => deletes.extend(
+                    have.iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != keep)
+                        .map(|(_, h)| *h),
+                ),
                 None => {
                     // The first installed version is rewritten in place; the others go.
                     replaces.push(want);

@@ -24,7 +24,10 @@ pub enum Family {
 pub fn incompatibilities(existing: &Link, wanted: &VxlanSpec) -> Vec<String> {
     let mut why = Vec::new();
     if existing.kind.as_deref() != Some("vxlan") {
-        why.push(format!("link type is {}, want vxlan", existing.kind.as_deref().unwrap_or("(none)")));
+        why.push(format!(
+            "link type is {}, want vxlan",
+            existing.kind.as_deref().unwrap_or("(none)")
+        ));
         return why;
     }
     let Some(info) = &existing.vxlan else {
@@ -35,7 +38,10 @@ pub fn incompatibilities(existing: &Link, wanted: &VxlanSpec) -> Vec<String> {
         why.push(format!("VNI is {}, want {}", info.vni, wanted.vni));
     }
     if info.dev_index > 0 && wanted.dev_index > 0 && info.dev_index != wanted.dev_index {
-        why.push(format!("vtep device index is {}, want {}", info.dev_index, wanted.dev_index));
+        why.push(format!(
+            "vtep device index is {}, want {}",
+            info.dev_index, wanted.dev_index
+        ));
     }
     match info.local {
         Some(local) if local != wanted.local && !local.is_unspecified() => {
@@ -83,12 +89,12 @@ fn is_link_local_v6(ip: &IpAddr) -> bool {
 /// The addresses to remove from the device so that only `wanted` remains of the ones we manage:
 /// IPv4 — other IPv4 addresses inside `network` (addresses outside it are kept); IPv6 — every
 /// other IPv6 address except link-local ones.
-pub fn stale_addresses<'a>(
+pub fn stale_addresses(
     family: Family,
-    on_device: &'a [Addr],
+    on_device: &[Addr],
     wanted: (IpAddr, u8),
     network: Option<IpNet>,
-) -> Vec<&'a Addr> {
+) -> Vec<&Addr> {
     on_device
         .iter()
         .filter(|a| (a.ip, a.prefix_len) != wanted)
@@ -119,7 +125,15 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn spec(&self, vni: u32, port: u16, learning: bool, gbp: bool, ext_index: u32, mtu: u32) -> VxlanSpec {
+    pub fn spec(
+        &self,
+        vni: u32,
+        port: u16,
+        learning: bool,
+        gbp: bool,
+        ext_index: u32,
+        mtu: u32,
+    ) -> VxlanSpec {
         VxlanSpec {
             name: self.name.clone(),
             vni,
@@ -136,7 +150,12 @@ impl Device {
     /// Adopt a compatible device or (re)create it. `adopt_mac`: at start an adopted device keeps
     /// its MAC; later a device with another MAC than ours is recreated (peers know ours).
     /// Returns whether the device was created.
-    pub async fn ensure(&mut self, k: &dyn Netlink, spec: VxlanSpec, adopt_mac: bool) -> Result<bool, BackendError> {
+    pub async fn ensure(
+        &mut self,
+        k: &dyn Netlink,
+        spec: VxlanSpec,
+        adopt_mac: bool,
+    ) -> Result<bool, BackendError> {
         let existing = k
             .link_by_name(&self.name)
             .await
@@ -156,12 +175,18 @@ impl Device {
                 "vxlan device exists with an incompatible configuration; recreating it");
             match k.delete_link(link.index).await {
                 Err(e) if !e.is_not_found() => {
-                    return Err(kernel_err(format!("deleting incompatible vxlan device {}", self.name))(e));
+                    return Err(kernel_err(format!(
+                        "deleting incompatible vxlan device {}",
+                        self.name
+                    ))(e));
                 }
                 _ => {}
             }
         }
-        let spec = VxlanSpec { mac: self.mac, ..spec };
+        let spec = VxlanSpec {
+            mac: self.mac,
+            ..spec
+        };
         let link = k.create_vxlan(&spec).await.map_err(kernel_err(format!(
             "creating vxlan device {} (VNI {}, local {}) on link #{}",
             self.name, spec.vni, spec.local, spec.dev_index
@@ -175,7 +200,10 @@ impl Device {
     /// that it carries our MAC. Changes nothing when all is already so.
     pub async fn configure(&self, k: &dyn Netlink, subnet: IpNet) -> Result<(), BackendError> {
         let name = &self.name;
-        let addrs = k.addrs().await.map_err(kernel_err(format!("listing addresses of {name}")))?;
+        let addrs = k
+            .addrs()
+            .await
+            .map_err(kernel_err(format!("listing addresses of {name}")))?;
         let on_device: Vec<Addr> = addrs.into_iter().filter(|a| a.index == self.index).collect();
         let wanted = device_address(subnet);
         for stale in stale_addresses(self.family, &on_device, wanted, self.network) {
@@ -192,10 +220,18 @@ impl Device {
             }
         }
         if !on_device.iter().any(|a| (a.ip, a.prefix_len) == wanted) {
-            let addr = Addr { index: self.index, ip: wanted.0, prefix_len: wanted.1, flags: AddrFlags::default() };
+            let addr = Addr {
+                index: self.index,
+                ip: wanted.0,
+                prefix_len: wanted.1,
+                flags: AddrFlags::default(),
+            };
             match k.add_addr(&addr).await {
                 Err(e) if !e.is_exists() => {
-                    return Err(kernel_err(format!("adding address {}/{} to {name}", wanted.0, wanted.1))(e));
+                    return Err(kernel_err(format!(
+                        "adding address {}/{} to {name}",
+                        wanted.0, wanted.1
+                    ))(e));
                 }
                 _ => {}
             }
@@ -204,9 +240,13 @@ impl Device {
             .link_by_name(name)
             .await
             .map_err(kernel_err(format!("looking up vxlan device {name}")))?
-            .ok_or_else(|| BackendError::Config(format!("vxlan device {name} vanished while configuring it")))?;
+            .ok_or_else(|| {
+                BackendError::Config(format!("vxlan device {name} vanished while configuring it"))
+            })?;
         if !link.up {
-            k.set_link_up(link.index).await.map_err(kernel_err(format!("setting {name} up")))?;
+            k.set_link_up(link.index)
+                .await
+                .map_err(kernel_err(format!("setting {name} up")))?;
         }
         if link.mac != Some(self.mac) {
             let got = link.mac.map(|m| m.to_string()).unwrap_or_else(|| "none".into());

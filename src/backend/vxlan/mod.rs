@@ -22,8 +22,8 @@ pub mod device;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Family, incompatibilities, random_mac};
 use device::Device;
+pub use device::{Family, incompatibilities, random_mac};
 
 /// VXLAN encapsulation overhead the device MTU leaves below the configured MTU (also for IPv6, as
 /// upstream).
@@ -48,13 +48,31 @@ pub fn peer_entries(
 ) -> Vec<Entry> {
     let dst = subnet.trunc();
     if direct {
-        return vec![Entry::Route(Route::unicast(dst, Some(public_ip), Some(ext_index)))];
+        return vec![Entry::Route(Route::unicast(
+            dst,
+            Some(public_ip),
+            Some(ext_index),
+        ))];
     }
     let gateway = subnet.network();
     vec![
-        Entry::Neigh(Neigh { index: dev_index, ip: gateway, mac: Some(vtep_mac), state: NUD_PERMANENT }),
-        Entry::Fdb(Fdb { index: dev_index, mac: vtep_mac, dst: Some(public_ip), self_flag: true, permanent: true }),
-        Entry::Route(Route { onlink: true, ..Route::unicast(dst, Some(gateway), Some(dev_index)) }),
+        Entry::Neigh(Neigh {
+            index: dev_index,
+            ip: gateway,
+            mac: Some(vtep_mac),
+            state: NUD_PERMANENT,
+        }),
+        Entry::Fdb(Fdb {
+            index: dev_index,
+            mac: vtep_mac,
+            dst: Some(public_ip),
+            self_flag: true,
+            permanent: true,
+        }),
+        Entry::Route(Route {
+            onlink: true,
+            ..Route::unicast(dst, Some(gateway), Some(dev_index))
+        }),
     ]
 }
 
@@ -122,8 +140,15 @@ impl VxlanBackend {
         } else {
             None
         };
-        tracing::info!(vni = cfg.vni, port = cfg.port, gbp = cfg.gbp, learning = cfg.learning,
-            direct_routing = cfg.direct_routing, mtu, "VXLAN config");
+        tracing::info!(
+            vni = cfg.vni,
+            port = cfg.port,
+            gbp = cfg.gbp,
+            learning = cfg.learning,
+            direct_routing = cfg.direct_routing,
+            mtu,
+            "VXLAN config"
+        );
         Ok(VxlanBackend {
             cfg: cfg.clone(),
             ext: ext.clone(),
@@ -158,7 +183,12 @@ impl VxlanBackend {
         self.v4.iter().chain(self.v6.iter())
     }
 
-    async fn ensure_device(&mut self, k: &dyn Netlink, family: Family, adopt_mac: bool) -> Result<bool, BackendError> {
+    async fn ensure_device(
+        &mut self,
+        k: &dyn Netlink,
+        family: Family,
+        adopt_mac: bool,
+    ) -> Result<bool, BackendError> {
         let (vni, port, learning, gbp) = (self.cfg.vni, self.cfg.port, self.cfg.learning, self.cfg.gbp);
         let (ext_index, mtu) = (self.ext.index, self.mtu);
         let sysctl_root = self.sysctl_root.clone();
@@ -194,7 +224,9 @@ impl VxlanBackend {
 
     /// The entries for one family of a remote lease, or a warning (once) why there are none.
     fn family_entries(&self, remote: &Lease, family: Family, underlay: &Underlay) -> Vec<Entry> {
-        let Some(dev) = self.device(family).filter(|d| d.index > 0) else { return Vec::new() };
+        let Some(dev) = self.device(family).filter(|d| d.index > 0) else {
+            return Vec::new();
+        };
         let (subnet, data, public_ip, wanted) = match family {
             Family::V4 => (
                 remote.subnet.map(IpNet::V4),
@@ -209,19 +241,25 @@ impl VxlanBackend {
                 remote.enable_ipv6 || !remote.enable_ipv4,
             ),
         };
-        let Some(subnet) = subnet.filter(|_| wanted) else { return Vec::new() };
+        let Some(subnet) = subnet.filter(|_| wanted) else {
+            return Vec::new();
+        };
         let skip = |reason: String| {
             if self.warn.first(format!("{subnet} {reason}")) {
                 tracing::warn!(subnet = %subnet, device = %dev.name, reason = %reason, "skipping remote lease");
             }
             Vec::new()
         };
-        let Some(data) = data else { return skip("the lease has no vxlan backend data".into()) };
+        let Some(data) = data else {
+            return skip("the lease has no vxlan backend data".into());
+        };
         let mac = match parse_vxlan_backend_data(data) {
             Ok((_, mac)) => mac,
             Err(e) => return skip(e.to_string()),
         };
-        let Some(public_ip) = public_ip else { return skip("the lease has no public IP".into()) };
+        let Some(public_ip) = public_ip else {
+            return skip("the lease has no public IP".into());
+        };
         let direct = self.cfg.direct_routing && underlay.is_direct(public_ip);
         peer_entries(dev.index, self.ext.index, subnet, mac, public_ip, direct)
     }
@@ -237,7 +275,10 @@ impl Backend for VxlanBackend {
         self.ensure_device(k, Family::V4, true).await?;
         self.ensure_device(k, Family::V6, true).await?;
         let vni = self.cfg.vni;
-        let mut attrs = LeaseAttrs { backend_type: "vxlan".into(), ..LeaseAttrs::default() };
+        let mut attrs = LeaseAttrs {
+            backend_type: "vxlan".into(),
+            ..LeaseAttrs::default()
+        };
         if let Some(dev) = &self.v4 {
             attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
             attrs.backend_data = Some(vxlan_backend_data(vni, &dev.mac));
@@ -264,7 +305,10 @@ impl Backend for VxlanBackend {
     fn entries_for(&self, remote: &Lease, underlay: &Underlay) -> Vec<Entry> {
         if remote.attrs.backend_type != "vxlan" {
             let subnet = remote.key();
-            if self.warn.first(format!("{subnet} type {}", remote.attrs.backend_type)) {
+            if self
+                .warn
+                .first(format!("{subnet} type {}", remote.attrs.backend_type))
+            {
                 tracing::warn!(subnet = %subnet, backend_type = %remote.attrs.backend_type,
                     "ignoring a remote lease of another backend type");
             }

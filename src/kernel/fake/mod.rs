@@ -106,7 +106,11 @@ impl FakeKernel {
         errno: i32,
         predicate: impl Fn(&FakeCall) -> bool + Send + 'static,
     ) {
-        self.lock().failures.push(InjectedFailure { remaining: times, errno, predicate: Box::new(predicate) });
+        self.lock().failures.push(InjectedFailure {
+            remaining: times,
+            errno,
+            predicate: Box::new(predicate),
+        });
     }
 
     pub fn counters(&self) -> FakeCounters {
@@ -119,7 +123,15 @@ impl FakeKernel {
 
     /// Add an up physical (kind-less) link; returns its index.
     pub fn add_physical_link(&self, name: &str, mtu: u32, mac: MacAddr) -> u32 {
-        let link = Link { index: 0, name: name.into(), kind: None, mtu, mac: Some(mac), up: true, vxlan: None };
+        let link = Link {
+            index: 0,
+            name: name.into(),
+            kind: None,
+            mtu,
+            mac: Some(mac),
+            up: true,
+            vxlan: None,
+        };
         match self.lock().state.add_link(link) {
             Ok(l) => l.index,
             Err(e) => panic!("fake kernel: adding link {name}: {e}"),
@@ -128,7 +140,15 @@ impl FakeKernel {
 
     /// Add a permanent address (and its connected route when the link is up).
     pub fn add_address(&self, index: u32, ip: IpAddr, prefix_len: u8) {
-        let addr = Addr { index, ip, prefix_len, flags: AddrFlags { permanent: true, ..AddrFlags::default() } };
+        let addr = Addr {
+            index,
+            ip,
+            prefix_len,
+            flags: AddrFlags {
+                permanent: true,
+                ..AddrFlags::default()
+            },
+        };
         if let Err(e) = self.lock().state.add_addr(&addr) {
             panic!("fake kernel: adding address {ip}/{prefix_len}: {e}");
         }
@@ -203,7 +223,11 @@ impl FakeKernel {
         }
         if !inner.failures.is_empty() {
             let call = call();
-            if let Some(f) = inner.failures.iter_mut().find(|f| f.remaining > 0 && (f.predicate)(&call)) {
+            if let Some(f) = inner
+                .failures
+                .iter_mut()
+                .find(|f| f.remaining > 0 && (f.predicate)(&call))
+            {
                 f.remaining -= 1;
                 let errno = f.errno;
                 inner.failures.retain(|f| f.remaining > 0);
@@ -240,7 +264,9 @@ impl Netlink for FakeKernel {
     }
 
     async fn link_by_name(&self, name: &str) -> KResult<Option<Link>> {
-        self.read("link_by_name", |s| Ok(s.links.values().find(|l| l.name == name).cloned()))
+        self.read("link_by_name", |s| {
+            Ok(s.links.values().find(|l| l.name == name).cloned())
+        })
     }
 
     async fn addrs(&self) -> KResult<Vec<Addr>> {
@@ -256,7 +282,11 @@ impl Netlink for FakeKernel {
     async fn neighs(&self, index: u32) -> KResult<Vec<Neigh>> {
         self.read("neighs", |s| {
             if !s.links.contains_key(&index) {
-                return Err(failed("listing neighbours", format!("link #{index}"), libc::ENODEV));
+                return Err(failed(
+                    "listing neighbours",
+                    format!("link #{index}"),
+                    libc::ENODEV,
+                ));
             }
             Ok(s.neighs_of(index))
         })
@@ -265,7 +295,11 @@ impl Netlink for FakeKernel {
     async fn fdbs(&self, index: u32) -> KResult<Vec<Fdb>> {
         self.read("fdbs", |s| {
             if !s.links.contains_key(&index) {
-                return Err(failed("listing fdb entries", format!("link #{index}"), libc::ENODEV));
+                return Err(failed(
+                    "listing fdb entries",
+                    format!("link #{index}"),
+                    libc::ENODEV,
+                ));
             }
             Ok(s.fdbs_of(index))
         })
@@ -273,39 +307,64 @@ impl Netlink for FakeKernel {
 
     async fn route_get(&self, dst: IpAddr) -> KResult<Vec<Route>> {
         self.read("route_get", |s| {
-            let route = s.lookup(dst).ok_or_else(|| failed("looking up route", dst, libc::ENETUNREACH))?;
+            let route = s
+                .lookup(dst)
+                .ok_or_else(|| failed("looking up route", dst, libc::ENETUNREACH))?;
             let host = ipnet::IpNet::from(dst);
-            Ok(vec![Route { dst: host, ..route.clone() }])
+            Ok(vec![Route {
+                dst: host,
+                ..route.clone()
+            }])
         })
     }
 
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link> {
-        self.mutate(|| FakeCall::CreateVxlan(spec.clone()), |s| s.create_vxlan(spec).map(|l| (l, true)))
+        self.mutate(
+            || FakeCall::CreateVxlan(spec.clone()),
+            |s| s.create_vxlan(spec).map(|l| (l, true)),
+        )
     }
 
     async fn delete_link(&self, index: u32) -> KResult<()> {
-        self.mutate(|| FakeCall::DeleteLink(index), |s| s.delete_link(index).map(|()| ((), true)))
+        self.mutate(
+            || FakeCall::DeleteLink(index),
+            |s| s.delete_link(index).map(|()| ((), true)),
+        )
     }
 
     async fn set_link_up(&self, index: u32) -> KResult<()> {
-        self.mutate(|| FakeCall::SetLinkUp(index), |s| s.set_link_up(index, true).map(|c| ((), c)))
+        self.mutate(
+            || FakeCall::SetLinkUp(index),
+            |s| s.set_link_up(index, true).map(|c| ((), c)),
+        )
     }
 
     async fn set_link_mtu(&self, index: u32, mtu: u32) -> KResult<()> {
-        self.mutate(|| FakeCall::SetLinkMtu(index, mtu), |s| s.set_link_mtu(index, mtu).map(|c| ((), c)))
+        self.mutate(
+            || FakeCall::SetLinkMtu(index, mtu),
+            |s| s.set_link_mtu(index, mtu).map(|c| ((), c)),
+        )
     }
 
     async fn add_addr(&self, addr: &Addr) -> KResult<()> {
-        self.mutate(|| FakeCall::AddAddr(addr.clone()), |s| s.add_addr(addr).map(|()| ((), true)))
+        self.mutate(
+            || FakeCall::AddAddr(addr.clone()),
+            |s| s.add_addr(addr).map(|()| ((), true)),
+        )
     }
 
     async fn del_addr(&self, addr: &Addr) -> KResult<()> {
-        self.mutate(|| FakeCall::DelAddr(addr.clone()), |s| s.del_addr(addr).map(|()| ((), true)))
+        self.mutate(
+            || FakeCall::DelAddr(addr.clone()),
+            |s| s.del_addr(addr).map(|()| ((), true)),
+        )
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<KResult<()>> {
         self.lock().counters.apply_calls += 1;
-        ops.iter().map(|op| self.mutate(|| FakeCall::Apply(op.clone()), |s| s.apply(op).map(|c| ((), c)))).collect()
+        ops.iter()
+            .map(|op| self.mutate(|| FakeCall::Apply(op.clone()), |s| s.apply(op).map(|c| ((), c))))
+            .collect()
     }
 
     async fn subscribe(&self) -> KResult<BoxStream<'static, KernelEvent>> {

@@ -45,7 +45,10 @@ pub(super) struct State {
 
 impl State {
     pub(super) fn new() -> State {
-        State { next_index: 1, ..State::default() }
+        State {
+            next_index: 1,
+            ..State::default()
+        }
     }
 
     pub(super) fn subscribe(&mut self) -> mpsc::UnboundedReceiver<KernelEvent> {
@@ -55,7 +58,8 @@ impl State {
     }
 
     pub(super) fn emit(&mut self, event: KernelEvent) {
-        self.subscribers.retain(|tx| tx.unbounded_send(event.clone()).is_ok());
+        self.subscribers
+            .retain(|tx| tx.unbounded_send(event.clone()).is_ok());
     }
 
     fn link_name(&self, index: u32) -> String {
@@ -66,7 +70,9 @@ impl State {
     }
 
     fn require_link(&self, op: &str, index: u32) -> KResult<&Link> {
-        self.links.get(&index).ok_or_else(|| failed(op, format!("link #{index}"), libc::ENODEV))
+        self.links
+            .get(&index)
+            .ok_or_else(|| failed(op, format!("link #{index}"), libc::ENODEV))
     }
 
     pub(super) fn add_link(&mut self, mut link: Link) -> KResult<Link> {
@@ -85,10 +91,18 @@ impl State {
         let mut mtu = spec.mtu;
         if spec.dev_index > 0 {
             let lower = self.links.get(&spec.dev_index).ok_or_else(|| {
-                failed(OP, format!("{} on link #{}", spec.name, spec.dev_index), libc::ENODEV)
+                failed(
+                    OP,
+                    format!("{} on link #{}", spec.name, spec.dev_index),
+                    libc::ENODEV,
+                )
             })?;
             // The kernel clamps the requested MTU to what fits into the lower device.
-            let headroom = if spec.local.is_ipv6() { VXLAN_HEADROOM_V6 } else { VXLAN_HEADROOM_V4 };
+            let headroom = if spec.local.is_ipv6() {
+                VXLAN_HEADROOM_V6
+            } else {
+                VXLAN_HEADROOM_V4
+            };
             mtu = mtu.min(lower.mtu.saturating_sub(headroom));
         }
         if self.links.values().any(|l| l.name == spec.name) {
@@ -103,7 +117,11 @@ impl State {
             up: false,
             vxlan: Some(VxlanInfo {
                 vni: spec.vni,
-                port: if spec.port == 0 { VXLAN_DEFAULT_PORT } else { spec.port },
+                port: if spec.port == 0 {
+                    VXLAN_DEFAULT_PORT
+                } else {
+                    spec.port
+                },
                 local: Some(spec.local),
                 group: None,
                 dev_index: spec.dev_index,
@@ -119,9 +137,10 @@ impl State {
     /// only the link and address deletions are announced: IPv4 routes flushed with a device are
     /// removed silently, so a consumer must react to the link event itself.
     pub(super) fn delete_link(&mut self, index: u32) -> KResult<()> {
-        let link = self.links.remove(&index).ok_or_else(|| {
-            failed("deleting link", format!("link #{index}"), libc::ENODEV)
-        })?;
+        let link = self
+            .links
+            .remove(&index)
+            .ok_or_else(|| failed("deleting link", format!("link #{index}"), libc::ENODEV))?;
         let (gone, kept): (Vec<Addr>, Vec<Addr>) = self.addrs.drain(..).partition(|a| a.index == index);
         self.addrs = kept;
         self.flush_routes_of(index);
@@ -130,7 +149,10 @@ impl State {
         for a in gone {
             self.emit(KernelEvent::AddrDeleted(a));
         }
-        self.emit(KernelEvent::LinkDeleted { index, name: link.name });
+        self.emit(KernelEvent::LinkDeleted {
+            index,
+            name: link.name,
+        });
         Ok(())
     }
 
@@ -142,9 +164,10 @@ impl State {
     }
 
     pub(super) fn set_link_up(&mut self, index: u32, up: bool) -> KResult<bool> {
-        let link = self.links.get_mut(&index).ok_or_else(|| {
-            failed("setting link up", format!("link #{index}"), libc::ENODEV)
-        })?;
+        let link = self
+            .links
+            .get_mut(&index)
+            .ok_or_else(|| failed("setting link up", format!("link #{index}"), libc::ENODEV))?;
         if link.up == up {
             return Ok(false);
         }
@@ -164,9 +187,10 @@ impl State {
     }
 
     pub(super) fn set_link_mtu(&mut self, index: u32, mtu: u32) -> KResult<bool> {
-        let link = self.links.get_mut(&index).ok_or_else(|| {
-            failed("setting link mtu", format!("link #{index}"), libc::ENODEV)
-        })?;
+        let link = self
+            .links
+            .get_mut(&index)
+            .ok_or_else(|| failed("setting link mtu", format!("link #{index}"), libc::ENODEV))?;
         if link.mtu == mtu {
             return Ok(false);
         }
@@ -181,10 +205,16 @@ impl State {
         if a.prefix_len >= max {
             return;
         }
-        let Ok(net) = IpNet::new(a.ip, a.prefix_len) else { return };
+        let Ok(net) = IpNet::new(a.ip, a.prefix_len) else {
+            return;
+        };
         let route = Route {
             protocol: RTPROT_KERNEL,
-            scope: if a.ip.is_ipv4() { RT_SCOPE_LINK } else { RT_SCOPE_UNIVERSE },
+            scope: if a.ip.is_ipv4() {
+                RT_SCOPE_LINK
+            } else {
+                RT_SCOPE_UNIVERSE
+            },
             prefsrc: if a.ip.is_ipv4() { Some(a.ip) } else { None },
             ..Route::unicast(net.trunc(), None, Some(a.index))
         };
@@ -196,11 +226,21 @@ impl State {
     }
 
     pub(super) fn add_addr(&mut self, addr: &Addr) -> KResult<()> {
-        let object = format!("{}/{} on {}", addr.ip, addr.prefix_len, self.link_name(addr.index));
-        let up = self.require_link("adding address", addr.index).map_err(|_| {
-            failed("adding address", &object, libc::ENODEV)
-        })?.up;
-        if self.addrs.iter().any(|a| a.index == addr.index && a.ip == addr.ip) {
+        let object = format!(
+            "{}/{} on {}",
+            addr.ip,
+            addr.prefix_len,
+            self.link_name(addr.index)
+        );
+        let up = self
+            .require_link("adding address", addr.index)
+            .map_err(|_| failed("adding address", &object, libc::ENODEV))?
+            .up;
+        if self
+            .addrs
+            .iter()
+            .any(|a| a.index == addr.index && a.ip == addr.ip)
+        {
             return Err(failed("adding address", object, libc::EEXIST));
         }
         self.addrs.push(addr.clone());
@@ -212,7 +252,12 @@ impl State {
     }
 
     pub(super) fn del_addr(&mut self, addr: &Addr) -> KResult<()> {
-        let object = format!("{}/{} on {}", addr.ip, addr.prefix_len, self.link_name(addr.index));
+        let object = format!(
+            "{}/{} on {}",
+            addr.ip,
+            addr.prefix_len,
+            self.link_name(addr.index)
+        );
         let pos = self
             .addrs
             .iter()
@@ -221,13 +266,19 @@ impl State {
         let gone = self.addrs.remove(pos);
         if let Ok(net) = IpNet::new(gone.ip, gone.prefix_len) {
             let net = net.trunc();
-            let still_covered =
-                self.addrs.iter().any(|a| a.index == gone.index && net.contains(&a.ip) && a.prefix_len == gone.prefix_len);
+            let still_covered = self
+                .addrs
+                .iter()
+                .any(|a| a.index == gone.index && net.contains(&a.ip) && a.prefix_len == gone.prefix_len);
             if !still_covered {
                 if let Some(slot) = self.routes.get_mut(&(RT_TABLE_MAIN, net)) {
                     slot.retain(|r| !(r.protocol == RTPROT_KERNEL && r.oif == Some(gone.index)));
                 }
-                if self.routes.get(&(RT_TABLE_MAIN, net)).is_some_and(|s| s.is_empty()) {
+                if self
+                    .routes
+                    .get(&(RT_TABLE_MAIN, net))
+                    .is_some_and(|s| s.is_empty())
+                {
                     self.routes.remove(&(RT_TABLE_MAIN, net));
                 }
             }
@@ -265,11 +316,16 @@ impl State {
         if route.kind == RouteKind::Unicast {
             match route.oif {
                 Some(oif) => {
-                    let link = self.require_link(OP, oif).map_err(|_| failed(OP, &object, libc::ENODEV))?;
+                    let link = self
+                        .require_link(OP, oif)
+                        .map_err(|_| failed(OP, &object, libc::ENODEV))?;
                     if !link.up {
                         return Err(failed(OP, &object, libc::ENETDOWN));
                     }
-                    let connected = |gw| self.lookup(gw).is_some_and(|r| r.gateway.is_none() && r.oif == Some(oif));
+                    let connected = |gw| {
+                        self.lookup(gw)
+                            .is_some_and(|r| r.gateway.is_none() && r.oif == Some(oif))
+                    };
                     match route.gateway {
                         Some(gw) if !route.onlink && !connected(gw) => {
                             return Err(failed(OP, format!("{object} via {gw}"), libc::ENETUNREACH));
@@ -368,7 +424,10 @@ impl State {
         let gone: Vec<Fdb> = match f.dst {
             // With a destination only that remote goes; without, the whole entry.
             Some(dst) => {
-                let pos = slot.iter().position(|e| e.dst == Some(dst)).ok_or_else(not_found)?;
+                let pos = slot
+                    .iter()
+                    .position(|e| e.dst == Some(dst))
+                    .ok_or_else(not_found)?;
                 vec![slot.remove(pos)]
             }
             None => std::mem::take(slot),
@@ -384,14 +443,21 @@ impl State {
 
     /// Insert a route as-is, next to existing ones with the same destination (test setup).
     pub(super) fn insert_route(&mut self, route: Route) {
-        self.routes.entry((route.table, route.dst)).or_default().push(route.clone());
+        self.routes
+            .entry((route.table, route.dst))
+            .or_default()
+            .push(route.clone());
         self.emit(KernelEvent::RouteAdded(route));
     }
 
     pub(super) fn remove_route(&mut self, route: &Route) -> bool {
         let key = (route.table, route.dst);
-        let Some(slot) = self.routes.get_mut(&key) else { return false };
-        let Some(pos) = slot.iter().position(|r| r == route) else { return false };
+        let Some(slot) = self.routes.get_mut(&key) else {
+            return false;
+        };
+        let Some(pos) = slot.iter().position(|r| r == route) else {
+            return false;
+        };
         let gone = slot.remove(pos);
         if slot.is_empty() {
             self.routes.remove(&key);
@@ -415,15 +481,28 @@ impl State {
     }
 
     pub(super) fn neighs_of(&self, index: u32) -> Vec<Neigh> {
-        self.neighs.range((index, IpAddr::from([0u8; 4]))..).take_while(|((i, _), _)| *i == index).map(|(_, n)| n.clone()).collect()
+        self.neighs
+            .range((index, IpAddr::from([0u8; 4]))..)
+            .take_while(|((i, _), _)| *i == index)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     pub(super) fn fdbs_of(&self, index: u32) -> Vec<Fdb> {
-        self.fdbs.iter().filter(|((i, _), _)| *i == index).flat_map(|(_, v)| v.iter().cloned()).collect()
+        self.fdbs
+            .iter()
+            .filter(|((i, _), _)| *i == index)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect()
     }
 }
 
 /// A permanent neighbour entry as `ip neigh replace ... nud permanent` creates it (test helper).
 pub fn permanent_neigh(index: u32, ip: IpAddr, mac: MacAddr) -> Neigh {
-    Neigh { index, ip, mac: Some(mac), state: NUD_PERMANENT }
+    Neigh {
+        index,
+        ip,
+        mac: Some(mac),
+        state: NUD_PERMANENT,
+    }
 }

@@ -37,7 +37,10 @@ async fn kernel_with_vxlan() -> (FakeKernel, u32, u32) {
 }
 
 fn onlink_route(dst: &str, gw: &str, oif: u32) -> Route {
-    Route { onlink: true, ..Route::unicast(net(dst), Some(ip(gw)), Some(oif)) }
+    Route {
+        onlink: true,
+        ..Route::unicast(net(dst), Some(ip(gw)), Some(oif))
+    }
 }
 
 #[tokio::test]
@@ -48,7 +51,10 @@ async fn created_vxlan_reports_kernel_defaults() {
     assert_eq!(link.kind.as_deref(), Some("vxlan"));
     assert!(!link.up);
     let info = link.vxlan.unwrap();
-    assert_eq!((info.vni, info.port, info.dev_index, info.local), (1, 8472, eth0, Some(ip("192.0.2.1"))));
+    assert_eq!(
+        (info.vni, info.port, info.dev_index, info.local),
+        (1, 8472, eth0, Some(ip("192.0.2.1")))
+    );
     // Same name again: EEXIST.
     let spec = VxlanSpec {
         name: "flannel.1".into(),
@@ -97,11 +103,21 @@ async fn onlink_route_needs_an_up_device() {
 async fn gateway_route_needs_a_connected_gateway() {
     let (k, eth0, _) = kernel_with_vxlan().await;
     let bad = Route::unicast(net("198.18.3.0/24"), Some(ip("203.0.113.9")), Some(eth0));
-    assert_eq!(k.apply(&[Op::ReplaceRoute(bad)]).await[0].as_ref().unwrap_err().errno(), Some(libc::ENETUNREACH));
+    assert_eq!(
+        k.apply(&[Op::ReplaceRoute(bad)]).await[0]
+            .as_ref()
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENETUNREACH)
+    );
     // Without a device the kernel picks the one the gateway is connected through.
     let good = Route::unicast(net("198.18.3.0/24"), Some(ip("192.0.2.3")), None);
     assert!(k.apply(&[Op::ReplaceRoute(good)]).await[0].is_ok());
-    let installed = k.all_routes().into_iter().find(|r| r.dst == net("198.18.3.0/24")).unwrap();
+    let installed = k
+        .all_routes()
+        .into_iter()
+        .find(|r| r.dst == net("198.18.3.0/24"))
+        .unwrap();
     assert_eq!(installed.oif, Some(eth0));
 }
 
@@ -111,41 +127,86 @@ async fn replace_overwrites_and_delete_of_missing_is_not_found() {
     k.set_link_up(idx).await.unwrap();
     let r1 = onlink_route("198.18.2.0/24", "198.18.2.0", idx);
     let r2 = onlink_route("198.18.2.0/24", "198.18.2.1", idx);
-    k.apply(&[Op::ReplaceRoute(r1.clone()), Op::ReplaceRoute(r2.clone())]).await;
+    k.apply(&[Op::ReplaceRoute(r1.clone()), Op::ReplaceRoute(r2.clone())])
+        .await;
     assert_eq!(k.all_routes().iter().filter(|r| r.dst == r1.dst).count(), 1);
-    let res = k.apply(&[Op::DeleteRoute(r1.clone()), Op::DeleteRoute(r2.clone())]).await;
+    let res = k
+        .apply(&[Op::DeleteRoute(r1.clone()), Op::DeleteRoute(r2.clone())])
+        .await;
     assert!(res[0].as_ref().unwrap_err().is_not_found());
     assert!(res[1].is_ok());
     let n = permanent_neigh(idx, ip("198.18.2.0"), MAC_B);
-    assert!(k.apply(&[Op::DeleteNeigh(n)]).await[0].as_ref().unwrap_err().is_not_found());
-    let f = Fdb { index: idx, mac: MAC_B, dst: Some(ip("192.0.2.2")), self_flag: true, permanent: true };
-    assert!(k.apply(&[Op::DeleteFdb(f)]).await[0].as_ref().unwrap_err().is_not_found());
+    assert!(
+        k.apply(&[Op::DeleteNeigh(n)]).await[0]
+            .as_ref()
+            .unwrap_err()
+            .is_not_found()
+    );
+    let f = Fdb {
+        index: idx,
+        mac: MAC_B,
+        dst: Some(ip("192.0.2.2")),
+        self_flag: true,
+        permanent: true,
+    };
+    assert!(
+        k.apply(&[Op::DeleteFdb(f)]).await[0]
+            .as_ref()
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
 async fn fdb_replace_rewrites_the_first_remote() {
     let (k, _, idx) = kernel_with_vxlan().await;
-    let f1 = Fdb { index: idx, mac: MAC_B, dst: Some(ip("192.0.2.2")), self_flag: true, permanent: true };
-    let f2 = Fdb { dst: Some(ip("192.0.2.3")), ..f1.clone() };
+    let f1 = Fdb {
+        index: idx,
+        mac: MAC_B,
+        dst: Some(ip("192.0.2.2")),
+        self_flag: true,
+        permanent: true,
+    };
+    let f2 = Fdb {
+        dst: Some(ip("192.0.2.3")),
+        ..f1.clone()
+    };
     k.apply(&[Op::ReplaceFdb(f1.clone())]).await;
     k.apply(&[Op::ReplaceFdb(f2.clone())]).await;
     assert_eq!(k.all_fdbs(), vec![f2.clone()]);
     // FDB entries exist only on vxlan devices.
     let eth0 = k.link("eth0").unwrap().index;
     let on_eth = Fdb { index: eth0, ..f1 };
-    assert_eq!(k.apply(&[Op::ReplaceFdb(on_eth)]).await[0].as_ref().unwrap_err().errno(), Some(libc::EOPNOTSUPP));
+    assert_eq!(
+        k.apply(&[Op::ReplaceFdb(on_eth)]).await[0]
+            .as_ref()
+            .unwrap_err()
+            .errno(),
+        Some(libc::EOPNOTSUPP)
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_link_flushes_everything_on_it_and_announces_it() {
     let (k, _, idx) = kernel_with_vxlan().await;
     k.set_link_up(idx).await.unwrap();
-    k.add_addr(&Addr { index: idx, ip: ip("198.18.1.0"), prefix_len: 32, flags: AddrFlags::default() })
-        .await
-        .unwrap();
+    k.add_addr(&Addr {
+        index: idx,
+        ip: ip("198.18.1.0"),
+        prefix_len: 32,
+        flags: AddrFlags::default(),
+    })
+    .await
+    .unwrap();
     let ops = [
         Op::ReplaceNeigh(permanent_neigh(idx, ip("198.18.2.0"), MAC_B)),
-        Op::ReplaceFdb(Fdb { index: idx, mac: MAC_B, dst: Some(ip("192.0.2.2")), self_flag: true, permanent: true }),
+        Op::ReplaceFdb(Fdb {
+            index: idx,
+            mac: MAC_B,
+            dst: Some(ip("192.0.2.2")),
+            self_flag: true,
+            permanent: true,
+        }),
         Op::ReplaceRoute(onlink_route("198.18.2.0/24", "198.18.2.0", idx)),
     ];
     assert!(k.apply(&ops).await.iter().all(|r| r.is_ok()));
@@ -155,19 +216,39 @@ async fn deleting_a_link_flushes_everything_on_it_and_announces_it() {
     assert!(k.all_routes().iter().all(|r| r.oif != Some(idx)));
     assert!(k.all_addrs().iter().all(|a| a.index != idx));
     assert!(matches!(events.next().await, Some(KernelEvent::AddrDeleted(_))));
-    assert_eq!(events.next().await, Some(KernelEvent::LinkDeleted { index: idx, name: "flannel.1".into() }));
+    assert_eq!(
+        events.next().await,
+        Some(KernelEvent::LinkDeleted {
+            index: idx,
+            name: "flannel.1".into()
+        })
+    );
     assert!(k.delete_link(idx).await.unwrap_err().is_not_found());
 }
 
 #[tokio::test]
 async fn address_rules() {
     let (k, eth0, _) = kernel_with_vxlan().await;
-    let a = Addr { index: eth0, ip: ip("192.0.2.1"), prefix_len: 24, flags: AddrFlags::default() };
+    let a = Addr {
+        index: eth0,
+        ip: ip("192.0.2.1"),
+        prefix_len: 24,
+        flags: AddrFlags::default(),
+    };
     assert!(k.add_addr(&a).await.unwrap_err().is_exists());
-    let b = Addr { ip: ip("192.0.2.77"), ..a.clone() };
-    assert_eq!(k.del_addr(&b).await.unwrap_err().errno(), Some(libc::EADDRNOTAVAIL));
+    let b = Addr {
+        ip: ip("192.0.2.77"),
+        ..a.clone()
+    };
+    assert_eq!(
+        k.del_addr(&b).await.unwrap_err().errno(),
+        Some(libc::EADDRNOTAVAIL)
+    );
     k.del_addr(&a).await.unwrap();
-    assert!(!k.all_routes().iter().any(|r| r.dst == net("192.0.2.0/24")), "connected route goes with the address");
+    assert!(
+        !k.all_routes().iter().any(|r| r.dst == net("192.0.2.0/24")),
+        "connected route goes with the address"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +270,10 @@ async fn route_get_returns_the_longest_match_for_the_host() {
     let (k, eth0, _) = kernel_with_vxlan().await;
     let got = k.route_get(ip("192.0.2.7")).await.unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].dst, got[0].gateway, got[0].oif), (net("192.0.2.7/32"), None, Some(eth0)));
+    assert_eq!(
+        (got[0].dst, got[0].gateway, got[0].oif),
+        (net("192.0.2.7/32"), None, Some(eth0))
+    );
     let e = k.route_get(ip("203.0.113.1")).await.unwrap_err();
     assert_eq!(e.errno(), Some(libc::ENETUNREACH));
 }
@@ -199,9 +283,15 @@ async fn counters_and_injected_failures() {
     let (k, _, idx) = kernel_with_vxlan().await;
     k.reset_counters();
     let n = permanent_neigh(idx, ip("198.18.2.0"), MAC_B);
-    k.inject_failure(2, libc::EBUSY, |c| matches!(c, FakeCall::Apply(Op::ReplaceNeigh(_))));
+    k.inject_failure(2, libc::EBUSY, |c| {
+        matches!(c, FakeCall::Apply(Op::ReplaceNeigh(_)))
+    });
     for _ in 0..2 {
-        let e = k.apply(&[Op::ReplaceNeigh(n.clone())]).await.remove(0).unwrap_err();
+        let e = k
+            .apply(&[Op::ReplaceNeigh(n.clone())])
+            .await
+            .remove(0)
+            .unwrap_err();
         assert_eq!(e.errno(), Some(libc::EBUSY));
     }
     k.apply(&[Op::ReplaceNeigh(n.clone())]).await.remove(0).unwrap();
@@ -209,10 +299,16 @@ async fn counters_and_injected_failures() {
     k.apply(&[Op::ReplaceNeigh(n.clone())]).await.remove(0).unwrap();
     k.routes().await.unwrap();
     let c = k.counters();
-    assert_eq!((c.mutations, c.changes, c.apply_calls, c.injected_failures), (4, 1, 4, 2));
+    assert_eq!(
+        (c.mutations, c.changes, c.apply_calls, c.injected_failures),
+        (4, 1, 4, 2)
+    );
     assert_eq!((c.reads, c.route_dumps), (1, 1));
     // A non-permanent entry stays what it is until replaced.
-    k.insert_neigh(Neigh { state: NUD_REACHABLE, ..n.clone() });
+    k.insert_neigh(Neigh {
+        state: NUD_REACHABLE,
+        ..n.clone()
+    });
     assert_eq!(k.all_neighs()[0].state, NUD_REACHABLE);
     assert_eq!(n.state, NUD_PERMANENT);
 }
@@ -220,7 +316,10 @@ async fn counters_and_injected_failures() {
 #[tokio::test]
 async fn behind_the_back_helpers_emit_events() {
     let (k, eth0, _) = kernel_with_vxlan().await;
-    let r = Route { protocol: RTPROT_BOOT, ..Route::unicast(net("198.18.9.0/24"), Some(ip("192.0.2.9")), Some(eth0)) };
+    let r = Route {
+        protocol: RTPROT_BOOT,
+        ..Route::unicast(net("198.18.9.0/24"), Some(ip("192.0.2.9")), Some(eth0))
+    };
     k.insert_route(r.clone());
     let mut events = k.subscribe().await.unwrap();
     assert!(k.remove_route(&r));

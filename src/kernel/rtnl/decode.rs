@@ -9,8 +9,12 @@ use ipnet::IpNet;
 use netlink_packet_core::{ErrorMessage, NLM_F_ACK_TLVS, NLM_F_CAPPED, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType, RouteVia};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType, RouteVia,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::kernel::{
@@ -175,7 +179,12 @@ pub(super) fn neigh(msg: &NeighbourMessage) -> Option<Neigh> {
             _ => {}
         }
     }
-    Some(Neigh { index: msg.header.ifindex, ip: ip?, mac: lladdr, state: msg.header.state.into() })
+    Some(Neigh {
+        index: msg.header.ifindex,
+        ip: ip?,
+        mac: lladdr,
+        state: msg.header.state.into(),
+    })
 }
 
 /// A bridge forwarding entry (AF_BRIDGE neighbour); `None` without a six-byte MAC.
@@ -194,7 +203,8 @@ pub(super) fn fdb(msg: &NeighbourMessage) -> Option<Fdb> {
         mac: lladdr?,
         dst,
         self_flag: msg.header.flags.contains(NeighbourFlags::Own),
-        permanent: u16::from(msg.header.state) == NUD_PERMANENT,
+        // `bridge fdb add ... permanent` sends NUD_NOARP|NUD_PERMANENT, Go netlink NUD_PERMANENT.
+        permanent: u16::from(msg.header.state) & NUD_PERMANENT != 0,
     })
 }
 
@@ -225,7 +235,10 @@ pub(super) fn event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEv
         RouteNetlinkMessage::NewLink(m) => link(&m).map(KernelEvent::LinkChanged),
         RouteNetlinkMessage::DelLink(m) => {
             let name = link(&m).map(|l| l.name).unwrap_or_default();
-            Some(KernelEvent::LinkDeleted { index: m.header.index, name })
+            Some(KernelEvent::LinkDeleted {
+                index: m.header.index,
+                name,
+            })
         }
         RouteNetlinkMessage::NewAddress(m) => addr(&m).map(KernelEvent::AddrAdded),
         RouteNetlinkMessage::DelAddress(m) => addr(&m).map(KernelEvent::AddrDeleted),

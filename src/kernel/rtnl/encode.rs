@@ -9,7 +9,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -42,7 +44,10 @@ fn family_of(ip: IpAddr) -> AddressFamily {
 
 /// `ip link show` (all links).
 pub(super) fn dump_links() -> Msg {
-    message(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)
+    message(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
 }
 
 /// `ip link show <name>`: the kernel answers one link or ENODEV.
@@ -54,7 +59,10 @@ pub(super) fn get_link_by_name(name: &str) -> Msg {
 
 /// `ip addr show` (both families).
 pub(super) fn dump_addrs() -> Msg {
-    message(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_REQUEST | NLM_F_DUMP)
+    message(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
 }
 
 /// `ip -4 route show table all` resp. `ip -6 ...`; one family per dump keeps multicast-routing
@@ -73,7 +81,10 @@ pub(super) fn dump_neighs(family: AddressFamily, index: u32) -> Msg {
     if family != AddressFamily::Bridge {
         neigh.attributes.push(NeighbourAttribute::IfIndex(index));
     }
-    message(RouteNetlinkMessage::GetNeighbour(neigh), NLM_F_REQUEST | NLM_F_DUMP)
+    message(
+        RouteNetlinkMessage::GetNeighbour(neigh),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
 }
 
 /// `ip route get <dst>`.
@@ -81,7 +92,9 @@ pub(super) fn get_route(dst: IpAddr) -> Msg {
     let mut route = RouteMessage::default();
     route.header.address_family = family_of(dst);
     route.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-    route.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    route
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(dst)));
     message(RouteNetlinkMessage::GetRoute(route), NLM_F_REQUEST)
 }
 
@@ -120,7 +133,10 @@ pub(super) fn new_vxlan(spec: &VxlanSpec) -> Msg {
         LinkAttribute::TxQueueLen(0),
         LinkAttribute::Mtu(spec.mtu),
         LinkAttribute::Address(spec.mac.0.to_vec()),
-        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vxlan), LinkInfo::Data(InfoData::Vxlan(data))]),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]),
     ];
     message(RouteNetlinkMessage::NewLink(link), CREATE_EXCL)
 }
@@ -163,7 +179,8 @@ pub(super) fn addr(addr: &Addr, add: bool) -> Msg {
         && addr.prefix_len < 31
     {
         let host_mask = u32::MAX.checked_shr(u32::from(addr.prefix_len)).unwrap_or(0);
-        msg.attributes.push(AddressAttribute::Broadcast((u32::from(ip) | host_mask).into()));
+        msg.attributes
+            .push(AddressAttribute::Broadcast((u32::from(ip) | host_mask).into()));
     }
     if add {
         message(RouteNetlinkMessage::NewAddress(msg), CREATE_EXCL)
@@ -210,15 +227,18 @@ fn route(r: &Route) -> RouteMessage {
     if r.table > 255 {
         msg.attributes.push(RouteAttribute::Table(r.table));
     }
-    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(r.dst.network())));
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(r.dst.network())));
     if let Some(gw) = r.gateway {
-        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     if let Some(oif) = r.oif {
         msg.attributes.push(RouteAttribute::Oif(oif));
     }
     if let Some(src) = r.prefsrc {
-        msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+        msg.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
     }
     msg
 }
@@ -229,9 +249,11 @@ fn neigh(n: &Neigh) -> NeighbourMessage {
     msg.header.family = family_of(n.ip);
     msg.header.ifindex = n.index;
     msg.header.state = NeighbourState::from(n.state);
-    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(n.ip)));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::from(n.ip)));
     if let Some(mac) = n.mac {
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     }
     msg
 }
@@ -242,13 +264,19 @@ fn fdb(f: &Fdb) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = f.index;
-    msg.header.state = if f.permanent { NeighbourState::Permanent } else { NeighbourState::Noarp };
+    msg.header.state = if f.permanent {
+        NeighbourState::Permanent
+    } else {
+        NeighbourState::Noarp
+    };
     if f.self_flag {
         msg.header.flags = NeighbourFlags::Own;
     }
-    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
     if let Some(dst) = f.dst {
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
     }
     msg
 }

@@ -9,6 +9,7 @@ mod decode;
 mod encode;
 mod events;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
@@ -68,7 +69,12 @@ fn set_receive_buffer(fd: i32, bytes: usize) -> std::io::Result<()> {
 }
 
 fn failed(op: &str, object: impl std::fmt::Display, message: String, errno: Option<i32>) -> KernelError {
-    KernelError::Failed { op: op.to_string(), object: object.to_string(), message, errno }
+    KernelError::Failed {
+        op: op.to_string(),
+        object: object.to_string(),
+        message,
+        errno,
+    }
 }
 
 fn closed(op: &str, object: impl std::fmt::Display) -> KernelError {
@@ -76,11 +82,20 @@ fn closed(op: &str, object: impl std::fmt::Display) -> KernelError {
 }
 
 /// The error a netlink error message stands for; `None` for an acknowledgement.
-fn nack(op: &str, object: impl std::fmt::Display, msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelError> {
+fn nack(
+    op: &str,
+    object: impl std::fmt::Display,
+    msg: &NetlinkMessage<RouteNetlinkMessage>,
+) -> Option<KernelError> {
     match &msg.payload {
         NetlinkPayload::Error(e) => {
             let errno = decode::errno(e)?;
-            Some(failed(op, object, decode::error_text(errno, e, msg.header.flags), Some(errno)))
+            Some(failed(
+                op,
+                object,
+                decode::error_text(errno, e, msg.header.flags),
+                Some(errno),
+            ))
         }
         NetlinkPayload::Overrun(_) => Some(failed(op, object, "netlink socket overrun".to_string(), None)),
         _ => None,
@@ -102,8 +117,10 @@ impl RtNetlink {
             .map_err(|e| socket_error("setting the rtnetlink receive buffer", e))?;
         let sock = rtnetlink::sys::AsyncSocket::socket_mut(socket);
         // Small error answers (request header only) that carry the kernel's explanation.
-        sock.set_cap_ack(true).map_err(|e| socket_error("enabling NETLINK_CAP_ACK", e))?;
-        sock.set_ext_ack(true).map_err(|e| socket_error("enabling NETLINK_EXT_ACK", e))?;
+        sock.set_cap_ack(true)
+            .map_err(|e| socket_error("enabling NETLINK_CAP_ACK", e))?;
+        sock.set_ext_ack(true)
+            .map_err(|e| socket_error("enabling NETLINK_EXT_ACK", e))?;
         runtime.spawn(conn);
         Ok(RtNetlink { handle })
     }
@@ -116,8 +133,10 @@ impl RtNetlink {
         op: &str,
         object: &str,
     ) -> KResult<Vec<RouteNetlinkMessage>> {
-        let mut answer =
-            self.handle.request(msg, SocketAddr::new(0, 0)).map_err(|_| closed(op, object))?;
+        let mut answer = self
+            .handle
+            .request(msg, SocketAddr::new(0, 0))
+            .map_err(|_| closed(op, object))?;
         let mut out = Vec::new();
         let mut answered = false;
         while let Some(reply) = answer.next().await {
@@ -135,12 +154,21 @@ impl RtNetlink {
         Ok(out)
     }
 
-    /// A dump answer may legitimately be empty: the stream then ends right after NLMSG_DONE.
-    async fn dump(&self, msg: NetlinkMessage<RouteNetlinkMessage>, op: &str) -> KResult<Vec<RouteNetlinkMessage>> {
-        let mut answer = self.handle.request(msg, SocketAddr::new(0, 0)).map_err(|_| closed(op, "all"))?;
+    /// Lists `what` ("links", "IPv4 routes", ...). A dump answer may legitimately be empty: the
+    /// stream then ends right after NLMSG_DONE.
+    async fn dump(
+        &self,
+        msg: NetlinkMessage<RouteNetlinkMessage>,
+        what: &str,
+    ) -> KResult<Vec<RouteNetlinkMessage>> {
+        let op = "listing";
+        let mut answer = self
+            .handle
+            .request(msg, SocketAddr::new(0, 0))
+            .map_err(|_| closed(op, what))?;
         let mut out = Vec::new();
         while let Some(reply) = answer.next().await {
-            if let Some(err) = nack(op, "all", &reply) {
+            if let Some(err) = nack(op, what, &reply) {
                 return Err(err);
             }
             if let NetlinkPayload::InnerMessage(inner) = reply.payload {
@@ -150,8 +178,8 @@ impl RtNetlink {
         Ok(out)
     }
 
-    async fn routes_of(&self, family: AddressFamily, op: &str) -> KResult<Vec<Route>> {
-        let msgs = self.dump(encode::dump_routes(family), op).await?;
+    async fn routes_of(&self, family: AddressFamily, what: &str) -> KResult<Vec<Route>> {
+        let msgs = self.dump(encode::dump_routes(family), what).await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -162,30 +190,56 @@ impl RtNetlink {
             .collect())
     }
 
-    /// One datagram of ops; the answer holds one acknowledgement or error per message, in order.
-    async fn apply_batch(&self, ops: &[Op]) -> Vec<KResult<()>> {
-        let msgs: Vec<_> = ops.iter().map(encode::op).collect();
+    /// Sends the ops in datagrams of `BATCH` messages, strictly in order, with at most `IN_FLIGHT`
+    /// datagrams unanswered. The kernel handles a datagram's messages in order and answers each
+    /// one (acknowledgement or error), so answers map to ops by position.
+    async fn apply_pipelined(&self, ops: &[Op]) -> Vec<KResult<()>> {
         let mut results = Vec::with_capacity(ops.len());
-        if let Ok(mut answer) = self.handle.request_batch(msgs, SocketAddr::new(0, 0)) {
-            while let Some(reply) = answer.next().await {
-                let Some(op) = ops.get(results.len()) else { break };
-                match &reply.payload {
-                    NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_) => {
-                        let (verb, object) = describe(op);
-                        results.push(match nack(verb, object, &reply) {
-                            Some(err) => Err(err),
-                            None => Ok(()),
-                        });
-                    }
-                    _ => {}
-                }
+        let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+        for chunk in ops.chunks(BATCH) {
+            if pending.len() == IN_FLIGHT
+                && let Some((sent, answer)) = pending.pop_front()
+            {
+                collect_answers(sent, answer, &mut results).await;
             }
+            let msgs: Vec<_> = chunk.iter().map(encode::op).collect();
+            // Queued synchronously, so the connection sends the datagrams in this order.
+            pending.push_back((chunk, self.handle.request_batch(msgs, SocketAddr::new(0, 0)).ok()));
         }
-        while let Some(op) = ops.get(results.len()) {
-            let (verb, object) = describe(op);
-            results.push(Err(closed(verb, object)));
+        while let Some((sent, answer)) = pending.pop_front() {
+            collect_answers(sent, answer, &mut results).await;
         }
         results
+    }
+}
+
+/// Appends one result per op of `sent` from the answer to its datagram; ops left unanswered (the
+/// connection closed) fail.
+async fn collect_answers<S>(sent: &[Op], answer: Option<S>, results: &mut Vec<KResult<()>>)
+where
+    S: futures::Stream<Item = NetlinkMessage<RouteNetlinkMessage>>,
+{
+    let mut answered = 0;
+    if let Some(answer) = answer {
+        let mut answer = std::pin::pin!(answer);
+        while let Some(reply) = answer.next().await {
+            let Some(op) = sent.get(answered) else { break };
+            if matches!(
+                reply.payload,
+                NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_)
+            ) {
+                let (verb, object) = describe(op);
+                results.push(match nack(verb, object, &reply) {
+                    Some(err) => Err(err),
+                    None => Ok(()),
+                });
+                answered += 1;
+            }
+        }
+    }
+    for op in sent.iter().skip(answered) {
+        let (verb, object) = describe(op);
+        results.push(Err(closed(verb, object)));
     }
 }
 
@@ -231,7 +285,7 @@ fn describe(op: &Op) -> (&'static str, String) {
 #[async_trait::async_trait]
 impl Netlink for RtNetlink {
     async fn links(&self) -> KResult<Vec<Link>> {
-        let msgs = self.dump(encode::dump_links(), "listing links").await?;
+        let msgs = self.dump(encode::dump_links(), "links").await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -242,7 +296,10 @@ impl Netlink for RtNetlink {
     }
 
     async fn link_by_name(&self, name: &str) -> KResult<Option<Link>> {
-        match self.request(encode::get_link_by_name(name), "looking up link", name).await {
+        match self
+            .request(encode::get_link_by_name(name), "looking up link", name)
+            .await
+        {
             Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => decode::link(l),
                 _ => None,
@@ -253,7 +310,7 @@ impl Netlink for RtNetlink {
     }
 
     async fn addrs(&self) -> KResult<Vec<Addr>> {
-        let msgs = self.dump(encode::dump_addrs(), "listing addresses").await?;
+        let msgs = self.dump(encode::dump_addrs(), "addresses").await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -264,14 +321,16 @@ impl Netlink for RtNetlink {
     }
 
     async fn routes(&self) -> KResult<Vec<Route>> {
-        let mut routes = self.routes_of(AddressFamily::Inet, "listing IPv4 routes").await?;
-        routes.extend(self.routes_of(AddressFamily::Inet6, "listing IPv6 routes").await?);
+        let mut routes = self.routes_of(AddressFamily::Inet, "IPv4 routes").await?;
+        routes.extend(self.routes_of(AddressFamily::Inet6, "IPv6 routes").await?);
         Ok(routes)
     }
 
     async fn neighs(&self, index: u32) -> KResult<Vec<Neigh>> {
-        let op = format!("listing neighbours of link #{index}");
-        let msgs = self.dump(encode::dump_neighs(AddressFamily::Unspec, index), &op).await?;
+        let what = format!("neighbours of link #{index}");
+        let msgs = self
+            .dump(encode::dump_neighs(AddressFamily::Unspec, index), &what)
+            .await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -285,8 +344,10 @@ impl Netlink for RtNetlink {
     }
 
     async fn fdbs(&self, index: u32) -> KResult<Vec<Fdb>> {
-        let op = format!("listing fdb entries of link #{index}");
-        let msgs = self.dump(encode::dump_neighs(AddressFamily::Bridge, index), &op).await?;
+        let what = format!("fdb entries of link #{index}");
+        let msgs = self
+            .dump(encode::dump_neighs(AddressFamily::Bridge, index), &what)
+            .await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -300,7 +361,9 @@ impl Netlink for RtNetlink {
     }
 
     async fn route_get(&self, dst: IpAddr) -> KResult<Vec<Route>> {
-        let msgs = self.request(encode::get_route(dst), "looking up route to", &dst.to_string()).await?;
+        let msgs = self
+            .request(encode::get_route(dst), "looking up route to", &dst.to_string())
+            .await?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -315,41 +378,116 @@ impl Netlink for RtNetlink {
         self.request(encode::new_vxlan(spec), op, &spec.name).await?;
         match self.link_by_name(&spec.name).await? {
             Some(link) => Ok(link),
-            None => Err(failed(op, &spec.name, "device vanished right after creation".into(), None)),
+            None => Err(failed(
+                op,
+                &spec.name,
+                "device vanished right after creation".into(),
+                None,
+            )),
         }
     }
 
     async fn delete_link(&self, index: u32) -> KResult<()> {
-        self.request(encode::del_link(index), "deleting link", &format!("#{index}")).await.map(drop)
+        self.request(encode::del_link(index), "deleting link", &format!("#{index}"))
+            .await
+            .map(drop)
     }
 
     async fn set_link_up(&self, index: u32) -> KResult<()> {
-        self.request(encode::set_link_up(index), "setting link up", &format!("#{index}")).await.map(drop)
+        self.request(
+            encode::set_link_up(index),
+            "setting link up",
+            &format!("#{index}"),
+        )
+        .await
+        .map(drop)
     }
 
     async fn set_link_mtu(&self, index: u32, mtu: u32) -> KResult<()> {
         let object = format!("#{index} (mtu {mtu})");
-        self.request(encode::set_link_mtu(index, mtu), "setting link mtu", &object).await.map(drop)
+        self.request(encode::set_link_mtu(index, mtu), "setting link mtu", &object)
+            .await
+            .map(drop)
     }
 
     async fn add_addr(&self, addr: &Addr) -> KResult<()> {
         let object = format!("{}/{} on link #{}", addr.ip, addr.prefix_len, addr.index);
-        self.request(encode::addr(addr, true), "adding address", &object).await.map(drop)
+        self.request(encode::addr(addr, true), "adding address", &object)
+            .await
+            .map(drop)
     }
 
     async fn del_addr(&self, addr: &Addr) -> KResult<()> {
         let object = format!("{}/{} on link #{}", addr.ip, addr.prefix_len, addr.index);
-        self.request(encode::addr(addr, false), "deleting address", &object).await.map(drop)
+        self.request(encode::addr(addr, false), "deleting address", &object)
+            .await
+            .map(drop)
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<KResult<()>> {
-        let batches: Vec<_> = ops.chunks(BATCH).map(|chunk| self.apply_batch(chunk)).collect();
-        let results: Vec<Vec<KResult<()>>> =
-            futures::stream::iter(batches).buffered(IN_FLIGHT).collect().await;
-        results.into_iter().flatten().collect()
+        self.apply_pipelined(ops).await
     }
 
     async fn subscribe(&self) -> KResult<BoxStream<'static, KernelEvent>> {
         events::subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{MacAddr, NUD_PERMANENT};
+
+    #[test]
+    fn op_errors_name_the_step_and_the_object() {
+        let mut r = Route::unicast(
+            "198.18.2.0/24".parse().unwrap(),
+            Some("198.18.2.0".parse().unwrap()),
+            Some(5),
+        );
+        r.onlink = true;
+        assert_eq!(
+            describe(&Op::ReplaceRoute(r.clone())),
+            (
+                "replacing route",
+                "198.18.2.0/24 via 198.18.2.0 dev #5 onlink".to_string()
+            )
+        );
+        r.table = 100;
+        assert_eq!(
+            describe(&Op::DeleteRoute(r)).1,
+            "198.18.2.0/24 via 198.18.2.0 dev #5 onlink table 100"
+        );
+        let mac = MacAddr([0x0e, 0, 0, 0, 0, 1]);
+        let n = Neigh {
+            index: 5,
+            ip: "198.18.2.0".parse().unwrap(),
+            mac: Some(mac),
+            state: NUD_PERMANENT,
+        };
+        assert_eq!(
+            describe(&Op::DeleteNeigh(n)),
+            (
+                "deleting neighbour",
+                "198.18.2.0 dev #5 lladdr 0e:00:00:00:00:01".to_string()
+            )
+        );
+        let f = Fdb {
+            index: 5,
+            mac,
+            dst: Some("192.0.2.2".parse().unwrap()),
+            self_flag: true,
+            permanent: true,
+        };
+        assert_eq!(
+            describe(&Op::ReplaceFdb(f)),
+            (
+                "replacing fdb entry",
+                "0e:00:00:00:00:01 dev #5 dst 192.0.2.2".to_string()
+            )
+        );
+        let err = failed("deleting link", "#7", "No such device".into(), Some(libc::ENODEV));
+        assert_eq!(err.to_string(), "deleting link #7: No such device");
+        assert!(err.is_not_found());
     }
 }

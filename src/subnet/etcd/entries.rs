@@ -63,7 +63,10 @@ pub struct KeyLayout {
 
 impl KeyLayout {
     pub fn new(prefix: &str) -> KeyLayout {
-        KeyLayout { config: join_path(prefix, "config"), subnets: format!("{}/", join_path(prefix, "subnets")) }
+        KeyLayout {
+            config: join_path(prefix, "config"),
+            subnets: format!("{}/", join_path(prefix, "subnets")),
+        }
     }
 
     /// The key of a lease's subnets, e.g. `/coreos.com/network/subnets/10.5.52.0-24`.
@@ -73,19 +76,32 @@ impl KeyLayout {
 
     /// The key of a lease, if it has an IPv4 subnet (etcd keys always start with one).
     pub fn lease_key(&self, lease: &Lease) -> Option<String> {
-        lease.subnet.map(|v4| self.subnet_key(&SubnetKey { v4, v6: lease.ipv6_subnet }))
+        lease.subnet.map(|v4| {
+            self.subnet_key(&SubnetKey {
+                v4,
+                v6: lease.ipv6_subnet,
+            })
+        })
     }
 
     /// The subnets named by a full etcd key.
     pub fn parse_key(&self, key: &str) -> Result<SubnetKey, EntryError> {
-        let rest = key.strip_prefix(&self.subnets).ok_or_else(|| EntryError::BadKey {
-            key: key.to_string(),
-            reason: format!("not under {}", self.subnets),
-        })?;
+        let rest = key
+            .strip_prefix(&self.subnets)
+            .ok_or_else(|| EntryError::BadKey {
+                key: key.to_string(),
+                reason: format!("not under {}", self.subnets),
+            })?;
         if rest.contains('/') {
-            return Err(EntryError::BadKey { key: key.to_string(), reason: "nested below a subnet key".into() });
+            return Err(EntryError::BadKey {
+                key: key.to_string(),
+                reason: "nested below a subnet key".into(),
+            });
         }
-        SubnetKey::parse(rest).map_err(|e| EntryError::BadKey { key: key.to_string(), reason: e.to_string() })
+        SubnetKey::parse(rest).map_err(|e| EntryError::BadKey {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -111,11 +127,19 @@ pub fn lease_of_entry(
     now: SystemTime,
 ) -> Result<Lease, EntryError> {
     let subnets = layout.parse_key(key)?;
-    let text = std::str::from_utf8(value)
-        .map_err(|e| EntryError::BadValue { key: key.to_string(), reason: format!("not UTF-8: {e}") })?;
-    let attrs =
-        LeaseAttrs::from_json(text).map_err(|e| EntryError::BadValue { key: key.to_string(), reason: e.to_string() })?;
-    Ok(Lease { attrs, expiration: ttl.map(|t| expiration_after(now, t)), ..lease_of_key(&subnets) })
+    let text = std::str::from_utf8(value).map_err(|e| EntryError::BadValue {
+        key: key.to_string(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    let attrs = LeaseAttrs::from_json(text).map_err(|e| EntryError::BadValue {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Lease {
+        attrs,
+        expiration: ttl.map(|t| expiration_after(now, t)),
+        ..lease_of_key(&subnets)
+    })
 }
 
 /// `now + ttl` seconds (a negative TTL means "expiring now").
@@ -129,9 +153,18 @@ mod tests {
 
     #[test]
     fn path_join_matches_go() {
-        assert_eq!(join_path("/coreos.com/network", "config"), "/coreos.com/network/config");
-        assert_eq!(join_path("/coreos.com/network/", "config"), "/coreos.com/network/config");
-        assert_eq!(join_path("coreos.com//network", "subnets"), "coreos.com/network/subnets");
+        assert_eq!(
+            join_path("/coreos.com/network", "config"),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(
+            join_path("/coreos.com/network/", "config"),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(
+            join_path("coreos.com//network", "subnets"),
+            "coreos.com/network/subnets"
+        );
         assert_eq!(join_path("/a/./b/../c", "config"), "/a/c/config");
         assert_eq!(join_path("/", "config"), "/config");
         assert_eq!(join_path("", "config"), "config");
@@ -150,9 +183,104 @@ mod tests {
     #[test]
     fn keys_outside_subnets_or_nested_are_rejected_by_name() {
         let layout = KeyLayout::new("/coreos.com/network");
-        let err = layout.parse_key("/coreos.com/network/subnets-old/10.1.5.0-24").expect_err("outside");
-        assert!(err.to_string().contains("/coreos.com/network/subnets-old/10.1.5.0-24"), "{err}");
-        let err = layout.parse_key("/coreos.com/network/subnets/x/10.1.5.0-24").expect_err("nested");
+        let err = layout
+            .parse_key("/coreos.com/network/subnets-old/10.1.5.0-24")
+            .expect_err("outside");
+        assert!(
+            err.to_string()
+                .contains("/coreos.com/network/subnets-old/10.1.5.0-24"),
+            "{err}"
+        );
+        let err = layout
+            .parse_key("/coreos.com/network/subnets/x/10.1.5.0-24")
+            .expect_err("nested");
         assert!(matches!(err, EntryError::BadKey { .. }), "{err}");
+    }
+
+    fn layout() -> KeyLayout {
+        KeyLayout::new("/coreos.com/network")
+    }
+
+    #[test]
+    fn an_entry_becomes_a_lease_with_its_expiration() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let lease = lease_of_entry(
+            &layout(),
+            "/coreos.com/network/subnets/10.1.5.0-24",
+            br#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#,
+            Some(86_400),
+            now,
+        )
+        .expect("valid entry");
+        assert_eq!(lease.subnet, Some("10.1.5.0/24".parse().expect("net")));
+        assert_eq!(lease.ipv6_subnet, None);
+        assert!(lease.enable_ipv4 && !lease.enable_ipv6);
+        assert_eq!(lease.attrs.public_ip.to_string(), "1.2.3.4");
+        assert_eq!(lease.expiration, Some(now + Duration::from_secs(86_400)));
+        assert_eq!(
+            layout().lease_key(&lease).as_deref(),
+            Some("/coreos.com/network/subnets/10.1.5.0-24")
+        );
+    }
+
+    #[test]
+    fn a_reservation_has_no_expiration_and_dual_stack_keys_round_trip() {
+        let now = SystemTime::UNIX_EPOCH;
+        let key = "/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56";
+        let lease = lease_of_entry(
+            &layout(),
+            key,
+            br#"{"PublicIP":"1.2.3.4","PublicIPv6":"fd00::1"}"#,
+            None,
+            now,
+        )
+        .expect("valid entry");
+        assert_eq!(lease.expiration, None);
+        assert!(lease.enable_ipv4 && lease.enable_ipv6);
+        assert_eq!(lease.ipv6_subnet, Some("fd00:12:13::/56".parse().expect("net")));
+        assert_eq!(layout().lease_key(&lease).as_deref(), Some(key));
+    }
+
+    #[test]
+    fn bad_values_are_named_by_key() {
+        let now = SystemTime::UNIX_EPOCH;
+        let key = "/coreos.com/network/subnets/10.1.5.0-24";
+        for value in [
+            &b"{ not json"[..],
+            br#"{"PublicIP":5}"#,
+            br#"{"PublicIP":null}"#,
+            b"\xff\xfe",
+        ] {
+            let err = lease_of_entry(&layout(), key, value, None, now).expect_err("bad value");
+            assert!(matches!(err, EntryError::BadValue { .. }), "{err}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = lease_of_entry(
+            &layout(),
+            "/coreos.com/network/subnets/10.1.5.300-24",
+            b"{}",
+            None,
+            now,
+        )
+        .expect_err("bad key");
+        assert!(matches!(err, EntryError::BadKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_deletion_carries_only_the_subnets() {
+        let key = layout()
+            .parse_key("/coreos.com/network/subnets/10.1.5.0-24")
+            .expect("key");
+        let lease = lease_of_key(&key);
+        assert_eq!(lease.attrs, LeaseAttrs::default());
+        assert_eq!(lease.subnet, Some("10.1.5.0/24".parse().expect("net")));
+        assert!(lease.enable_ipv4 && !lease.enable_ipv6);
+    }
+
+    #[test]
+    fn negative_ttls_mean_expiring_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(expiration_after(now, -1), now);
+        assert_eq!(expiration_after(now, 3), now + Duration::from_secs(3));
     }
 }

@@ -7,7 +7,6 @@
 //! bounded by a timeout so a silent etcd cannot hang the daemon. The password is never logged
 //! (`ConnectOptions` is never printed). Spec: flanneld-behaviour.md sections 5.1-5.3 and 5.5.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{
@@ -15,6 +14,7 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 
+use super::transport::{Transport, TransportError, common_transport, read_pem};
 use crate::config::EtcdConfig;
 
 /// Upper bound for one unary request (upstream has none; a hung request would stall the daemon).
@@ -24,27 +24,36 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 keep-alive pings detect a dead connection under a silent watch.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Listings and watch batches of big clusters exceed gRPC's default 4 MiB message limit.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Errors of the etcd I/O; each names the operation, the key and the endpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("no etcd endpoints configured (--etcd-endpoints is empty)")]
-    NoEndpoints,
-    #[error(
-        "etcd endpoints {endpoints} mix plain-text and TLS schemes; with the given TLS files, \
-         http:// endpoints use plain text and https:// or scheme-less ones use TLS; use one kind"
-    )]
-    MixedSchemes { endpoints: String },
-    #[error("reading etcd TLS file {path}: {reason}")]
-    TlsFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Settings(#[from] TransportError),
     #[error("setting up the etcd client for {endpoints}: {reason}")]
     Client { endpoints: String, reason: String },
     #[error("{op} {key} at etcd {endpoints}: {reason}")]
-    Request { op: &'static str, key: String, endpoints: String, reason: String },
+    Request {
+        op: &'static str,
+        key: String,
+        endpoints: String,
+        reason: String,
+    },
     #[error("{op} {key} at etcd {endpoints}: no answer within {secs} s")]
-    Timeout { op: &'static str, key: String, endpoints: String, secs: u64 },
+    Timeout {
+        op: &'static str,
+        key: String,
+        endpoints: String,
+        secs: u64,
+    },
     #[error("watching {key} at etcd {endpoints}: the watch stream ended ({reason})")]
-    WatchClosed { key: String, endpoints: String, reason: String },
+    WatchClosed {
+        key: String,
+        endpoints: String,
+        reason: String,
+    },
 }
 
 /// One key as stored in etcd.
@@ -95,55 +104,12 @@ pub enum WatchEvent {
 pub enum WatchMessage {
     /// Changes (possibly none for a progress notification); resume from `next_revision` after a
     /// reconnect to see every later change exactly once.
-    Changes { events: Vec<WatchEvent>, next_revision: i64 },
+    Changes {
+        events: Vec<WatchEvent>,
+        next_revision: i64,
+    },
     /// The requested revision was compacted away: re-list and resume after the listing.
     Compacted { compact_revision: i64 },
-}
-
-/// Whether plain text or TLS is used to reach the endpoints (spec 5.1, per scheme).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Plain,
-    Tls,
-}
-
-/// Upstream's per-scheme rule: `http://` is plain text even with TLS files, `https://` is TLS
-/// even without them, and a scheme-less endpoint uses TLS iff the client certificate is set.
-pub fn endpoint_transport(endpoint: &str, client_cert_configured: bool) -> Transport {
-    if endpoint.starts_with("http://") {
-        Transport::Plain
-    } else if endpoint.starts_with("https://") || client_cert_configured {
-        Transport::Tls
-    } else {
-        Transport::Plain
-    }
-}
-
-/// The one transport for all endpoints; a mix is refused (the client shares one TLS setting).
-pub fn common_transport(endpoints: &[String], client_cert_configured: bool) -> Result<Transport, RegistryError> {
-    let mut kinds = endpoints.iter().map(|e| endpoint_transport(e, client_cert_configured));
-    let Some(first) = kinds.next() else {
-        return Err(RegistryError::NoEndpoints);
-    };
-    if kinds.all(|k| k == first) {
-        Ok(first)
-    } else {
-        Err(RegistryError::MixedSchemes { endpoints: endpoints.join(",") })
-    }
-}
-
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, RegistryError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| RegistryError::TlsFile { path: path.to_path_buf(), reason: e.to_string() })?;
-    let marker = format!("-----BEGIN {what}");
-    let found = String::from_utf8_lossy(&bytes).contains(&marker);
-    if !found {
-        return Err(RegistryError::TlsFile {
-            path: path.to_path_buf(),
-            reason: format!("no PEM block \"{marker}\" found"),
-        });
-    }
-    Ok(bytes)
 }
 
 /// The full text of an error and its sources, e.g. `transport error: tcp connect error: ...`.
@@ -187,8 +153,12 @@ impl Registry {
     /// connects lazily. With auth the client is created on first use, because creating it
     /// authenticates, and an unreachable etcd must not block startup.
     pub async fn new(cfg: &EtcdConfig) -> Result<Registry, RegistryError> {
-        let endpoints: Vec<String> =
-            cfg.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let endpoints: Vec<String> = cfg
+            .endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
         let client_cert = match (&cfg.certfile, &cfg.keyfile) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (Some(_), None) | (None, Some(_)) => {
@@ -231,7 +201,12 @@ impl Registry {
         if let Some(user) = user {
             options = options.with_user(user, cfg.password.clone().unwrap_or_default());
         }
-        let registry = Registry { endpoints, options, has_auth: user.is_some(), client: tokio::sync::Mutex::new(None) };
+        let registry = Registry {
+            endpoints,
+            options,
+            has_auth: user.is_some(),
+            client: tokio::sync::Mutex::new(None),
+        };
         if !registry.has_auth {
             // Without auth, creating the client sends nothing; failures here are setup errors.
             let client = registry.connect().await?;
@@ -249,7 +224,10 @@ impl Registry {
         let connecting = Client::connect(&self.endpoints, Some(self.options.clone()));
         match tokio::time::timeout(REQUEST_TIMEOUT, connecting).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(RegistryError::Client { endpoints: self.endpoints(), reason: describe(&e) }),
+            Ok(Err(e)) => Err(RegistryError::Client {
+                endpoints: self.endpoints(),
+                reason: describe(&e),
+            }),
             Err(_) => Err(RegistryError::Client {
                 endpoints: self.endpoints(),
                 reason: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
@@ -286,7 +264,12 @@ impl Registry {
     }
 
     fn request_error(&self, op: &'static str, key: &str, err: &etcd_client::Error) -> RegistryError {
-        RegistryError::Request { op, key: key.to_string(), endpoints: self.endpoints(), reason: describe(err) }
+        RegistryError::Request {
+            op,
+            key: key.to_string(),
+            endpoints: self.endpoints(),
+            reason: describe(err),
+        }
     }
 
     /// The entry at `key` (if any) and the store revision of the read.
@@ -299,10 +282,23 @@ impl Registry {
 
     /// Every entry under `prefix`, from one consistent read.
     pub async fn list(&self, prefix: &str) -> Result<Listing, RegistryError> {
-        let mut kv = self.client().await?.kv_client();
-        let resp = self.call("listing", prefix, kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let mut kv = self
+            .client()
+            .await?
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let resp = self
+            .call(
+                "listing",
+                prefix,
+                kv.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(Listing { revision, entries: resp.kvs().iter().map(entry_of).collect() })
+        Ok(Listing {
+            revision,
+            entries: resp.kvs().iter().map(entry_of).collect(),
+        })
     }
 
     /// The remaining TTL of a lease in seconds; `None` when the lease is gone or expiring now.
@@ -323,14 +319,17 @@ impl Registry {
 
     async fn grant(&self, key: &str, ttl: i64) -> Result<(i64, i64), RegistryError> {
         let mut leases = self.client().await?.lease_client();
-        let resp = self.call("granting a lease for", key, leases.grant(ttl, None)).await?;
+        let resp = self
+            .call("granting a lease for", key, leases.grant(ttl, None))
+            .await?;
         Ok((resp.id(), resp.ttl()))
     }
 
     async fn revoke(&self, key: &str, lease_id: i64) {
         let revoked = async {
             let mut leases = self.client().await?.lease_client();
-            self.call("revoking the unused lease of", key, leases.revoke(lease_id)).await
+            self.call("revoking the unused lease of", key, leases.revoke(lease_id))
+                .await
         };
         if let Err(e) = revoked.await {
             // Harmless: the lease holds no key and expires by itself.
@@ -340,11 +339,20 @@ impl Registry {
 
     /// Create `key` only if it does not exist, attached to a new lease of `ttl` seconds
     /// (upstream: Grant, then Txn If(Version(key) == 0) Then(Put with lease)).
-    pub async fn create_with_lease(&self, key: &str, value: &str, ttl: i64) -> Result<CreateOutcome, RegistryError> {
+    pub async fn create_with_lease(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: i64,
+    ) -> Result<CreateOutcome, RegistryError> {
         let (lease_id, granted) = self.grant(key, ttl).await?;
         let txn = Txn::new()
             .when([Compare::version(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease_id)))]);
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
         let mut kv = self.client().await?.kv_client();
         match self.call("creating", key, kv.txn(txn)).await {
             Ok(resp) if resp.succeeded() => Ok(CreateOutcome::Created { ttl: granted }),
@@ -352,10 +360,9 @@ impl Registry {
                 self.revoke(key, lease_id).await;
                 Ok(CreateOutcome::Exists)
             }
-            Err(e) => {
-                self.revoke(key, lease_id).await;
-                Err(e)
-            }
+            // Not revoked: the write may have been applied with only the answer lost, and
+            // revoking would then delete the key. An unused lease expires by itself.
+            Err(e) => Err(e),
         }
     }
 
@@ -368,13 +375,25 @@ impl Registry {
         ttl: Option<i64>,
         mod_revision: i64,
     ) -> Result<PutOutcome, RegistryError> {
-        self.guarded_put(key, value, ttl, Compare::mod_revision(key, CompareOp::Equal, mod_revision)).await
+        self.guarded_put(
+            key,
+            value,
+            ttl,
+            Compare::mod_revision(key, CompareOp::Equal, mod_revision),
+        )
+        .await
     }
 
     /// Put `value` at `key` with a new lease if the key still exists (renewal: a deleted key means
     /// someone revoked our lease, and it must not be recreated behind their back).
-    pub async fn put_if_exists(&self, key: &str, value: &str, ttl: Option<i64>) -> Result<PutOutcome, RegistryError> {
-        self.guarded_put(key, value, ttl, Compare::version(key, CompareOp::Greater, 0)).await
+    pub async fn put_if_exists(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<i64>,
+    ) -> Result<PutOutcome, RegistryError> {
+        self.guarded_put(key, value, ttl, Compare::version(key, CompareOp::Greater, 0))
+            .await
     }
 
     async fn guarded_put(
@@ -389,17 +408,23 @@ impl Registry {
             None => None,
         };
         let options = lease.map(|(id, _)| PutOptions::new().with_lease(id));
-        let txn = Txn::new().when([guard]).and_then([TxnOp::put(key, value, options)]);
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::put(key, value, options)]);
         let mut kv = self.client().await?.kv_client();
         let result = self.call("writing", key, kv.txn(txn)).await;
         match result {
-            Ok(resp) if resp.succeeded() => Ok(PutOutcome::Written { ttl: lease.map(|(_, granted)| granted) }),
-            other => {
+            Ok(resp) if resp.succeeded() => Ok(PutOutcome::Written {
+                ttl: lease.map(|(_, granted)| granted),
+            }),
+            Ok(_) => {
                 if let Some((id, _)) = lease {
                     self.revoke(key, id).await;
                 }
-                other.map(|_| PutOutcome::Conflict)
+                Ok(PutOutcome::Conflict)
             }
+            // Not revoked: see `create_with_lease`.
+            Err(e) => Err(e),
         }
     }
 
@@ -413,12 +438,26 @@ impl Registry {
         Ok(resp.succeeded())
     }
 
-    /// Watch every key under `prefix` (or the one key `prefix` when `exact`), from `revision`.
-    pub async fn watch(&self, prefix: &str, revision: i64) -> Result<Watch, RegistryError> {
-        let mut watcher = self.client().await?.watch_client();
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision);
-        let stream = self.call("watching", prefix, watcher.watch(prefix, Some(options))).await?;
-        Ok(Watch { stream, key: prefix.to_string(), endpoints: self.endpoints(), next_revision: revision })
+    /// Watch `key` (every key starting with it when `prefix`), from `revision` on.
+    pub async fn watch(&self, key: &str, revision: i64, prefix: bool) -> Result<Watch, RegistryError> {
+        let mut watcher = self
+            .client()
+            .await?
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut options = WatchOptions::new().with_start_revision(revision);
+        if prefix {
+            options = options.with_prefix();
+        }
+        let stream = self
+            .call("watching", key, watcher.watch(key, Some(options)))
+            .await?;
+        Ok(Watch {
+            stream,
+            key: key.to_string(),
+            endpoints: self.endpoints(),
+            next_revision: revision,
+        })
     }
 }
 
@@ -453,7 +492,9 @@ impl Watch {
                 Err(e) => return Err(self.closed(describe(&e))),
             };
             if message.compact_revision() != 0 {
-                return Ok(WatchMessage::Compacted { compact_revision: message.compact_revision() });
+                return Ok(WatchMessage::Compacted {
+                    compact_revision: message.compact_revision(),
+                });
             }
             if message.canceled() {
                 let reason = message.cancel_reason();
@@ -485,58 +526,18 @@ impl Watch {
                     self.next_revision = self.next_revision.max(header.revision() + 1);
                 }
             }
-            return Ok(WatchMessage::Changes { events, next_revision: self.next_revision });
+            return Ok(WatchMessage::Changes {
+                events,
+                next_revision: self.next_revision,
+            });
         }
     }
 
     fn closed(&self, reason: String) -> RegistryError {
-        RegistryError::WatchClosed { key: self.key.clone(), endpoints: self.endpoints.clone(), reason }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn eps(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn http_is_plain_text_even_with_a_client_certificate() {
-        assert_eq!(endpoint_transport("http://127.0.0.1:2379", true), Transport::Plain);
-        assert_eq!(endpoint_transport("http://127.0.0.1:2379", false), Transport::Plain);
-    }
-
-    #[test]
-    fn https_is_tls_even_without_files() {
-        assert_eq!(endpoint_transport("https://127.0.0.1:2379", false), Transport::Tls);
-        assert_eq!(endpoint_transport("https://127.0.0.1:2379", true), Transport::Tls);
-    }
-
-    #[test]
-    fn no_scheme_is_tls_iff_a_client_certificate_is_set() {
-        assert_eq!(endpoint_transport("127.0.0.1:2379", true), Transport::Tls);
-        assert_eq!(endpoint_transport("127.0.0.1:2379", false), Transport::Plain);
-    }
-
-    #[test]
-    fn one_transport_for_all_endpoints() {
-        assert_eq!(common_transport(&eps(&["http://a:1", "b:2"]), false).ok(), Some(Transport::Plain));
-        assert_eq!(common_transport(&eps(&["https://a:1", "b:2"]), true).ok(), Some(Transport::Tls));
-        let err = common_transport(&eps(&["http://a:1", "b:2"]), true).expect_err("mixed");
-        assert!(err.to_string().contains("http://a:1,b:2"), "{err}");
-        assert!(matches!(common_transport(&[], false), Err(RegistryError::NoEndpoints)));
-    }
-
-    #[test]
-    fn a_tls_file_without_pem_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, "not a certificate").expect("write");
-        let err = read_pem(&path, "CERTIFICATE").expect_err("no PEM");
-        assert!(err.to_string().contains("ca.pem"), "{err}");
-        let missing = read_pem(&dir.path().join("missing.pem"), "CERTIFICATE").expect_err("missing");
-        assert!(missing.to_string().contains("missing.pem"), "{missing}");
+        RegistryError::WatchClosed {
+            key: self.key.clone(),
+            endpoints: self.endpoints.clone(),
+            reason,
+        }
     }
 }

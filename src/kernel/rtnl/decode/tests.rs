@@ -6,7 +6,9 @@ use std::num::NonZeroI32;
 
 use netlink_packet_core::{ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -46,7 +48,10 @@ fn vxlan_link_decodes_every_compared_attribute() {
     assert_eq!(link.name, "flannel.1");
     assert_eq!(link.kind.as_deref(), Some("vxlan"));
     assert_eq!(link.mtu, 1450);
-    assert_eq!(link.mac.map(|m| m.to_string()).as_deref(), Some("0e:01:02:03:04:05"));
+    assert_eq!(
+        link.mac.map(|m| m.to_string()).as_deref(),
+        Some("0e:01:02:03:04:05")
+    );
     assert!(link.up);
     let vx = link.vxlan.expect("vxlan info");
     assert_eq!(
@@ -68,10 +73,17 @@ fn vxlan_link_decodes_every_compared_attribute() {
 fn physical_link_has_no_kind_and_odd_hardware_address_is_no_mac() {
     let mut m = LinkMessage::default();
     m.header.index = 3;
-    m.attributes = vec![LinkAttribute::IfName("tun0".into()), LinkAttribute::Address(vec![1, 2, 3, 4])];
+    m.attributes = vec![
+        LinkAttribute::IfName("tun0".into()),
+        LinkAttribute::Address(vec![1, 2, 3, 4]),
+    ];
     let l = link(&m).unwrap();
     assert_eq!((l.kind, l.mac, l.up, l.vxlan), (None, None, false, None));
-    assert_eq!(link(&LinkMessage::default()), None, "a link without a name is skipped");
+    assert_eq!(
+        link(&LinkMessage::default()),
+        None,
+        "a link without a name is skipped"
+    );
 }
 
 fn address(flags_attr: Option<AddressFlags>) -> AddressMessage {
@@ -80,7 +92,8 @@ fn address(flags_attr: Option<AddressFlags>) -> AddressMessage {
     m.header.index = 2;
     m.header.prefix_len = 64;
     m.header.flags = AddressHeaderFlags::Permanent;
-    m.attributes.push(AddressAttribute::Address("2001:db8::1".parse().unwrap()));
+    m.attributes
+        .push(AddressAttribute::Address("2001:db8::1".parse().unwrap()));
     if let Some(f) = flags_attr {
         m.attributes.push(AddressAttribute::Flags(f));
     }
@@ -90,9 +103,23 @@ fn address(flags_attr: Option<AddressFlags>) -> AddressMessage {
 #[test]
 fn address_flags_come_from_ifa_flags_when_present() {
     let a = addr(&address(None)).unwrap();
-    assert_eq!(a.flags, AddrFlags { permanent: true, deprecated: false, temporary: false });
+    assert_eq!(
+        a.flags,
+        AddrFlags {
+            permanent: true,
+            deprecated: false,
+            temporary: false
+        }
+    );
     let a = addr(&address(Some(AddressFlags::Deprecated | AddressFlags::Secondary))).unwrap();
-    assert_eq!(a.flags, AddrFlags { permanent: false, deprecated: true, temporary: true });
+    assert_eq!(
+        a.flags,
+        AddrFlags {
+            permanent: false,
+            deprecated: true,
+            temporary: true
+        }
+    );
     assert_eq!((a.index, a.prefix_len), (2, 64));
 }
 
@@ -129,7 +156,10 @@ fn main_route() -> RouteMessage {
 fn connected_route_decodes() {
     let r = route(&main_route()).unwrap();
     assert_eq!(r.dst, "192.0.2.0/24".parse::<IpNet>().unwrap());
-    assert_eq!((r.oif, r.gateway, r.table, r.protocol, r.scope), (Some(2), None, 254, 2, 253));
+    assert_eq!(
+        (r.oif, r.gateway, r.table, r.protocol, r.scope),
+        (Some(2), None, 254, 2, 253)
+    );
     assert_eq!(r.prefsrc, Some("192.0.2.1".parse().unwrap()));
     assert_eq!(r.kind, RouteKind::Unicast);
     assert!(!r.onlink && !r.multipath);
@@ -149,7 +179,9 @@ fn default_route_without_destination_and_onlink_flag() {
     let mut m = main_route();
     m.header.destination_prefix_length = 0;
     m.header.flags = RouteFlags::Onlink;
-    m.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 254)))];
+    m.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+        192, 0, 2, 254,
+    )))];
     let r = route(&m).unwrap();
     assert_eq!(r.dst, "0.0.0.0/0".parse::<IpNet>().unwrap());
     assert_eq!(r.gateway, Some("192.0.2.254".parse().unwrap()));
@@ -161,7 +193,10 @@ fn default_route_without_destination_and_onlink_flag() {
 fn multipath_route_has_no_single_interface() {
     let mut m = main_route();
     m.header.destination_prefix_length = 0;
-    m.attributes = vec![RouteAttribute::Oif(3), RouteAttribute::MultiPath(vec![RouteNextHop::default()])];
+    m.attributes = vec![
+        RouteAttribute::Oif(3),
+        RouteAttribute::MultiPath(vec![RouteNextHop::default()]),
+    ];
     let r = route(&m).unwrap();
     assert!(r.multipath);
     assert_eq!((r.oif, r.gateway), (None, None));
@@ -205,7 +240,9 @@ fn neighbour_without_lladdr_keeps_its_state() {
     m.header.family = AddressFamily::Inet;
     m.header.ifindex = 4;
     m.header.state = NeighbourState::Failed;
-    m.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 7)))];
+    m.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(
+        Ipv4Addr::new(192, 0, 2, 7),
+    ))];
     let n = neigh(&m).unwrap();
     assert_eq!((n.index, n.mac, n.state), (4, None, 0x20));
 }
@@ -216,23 +253,42 @@ fn note(inner: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
 
 #[test]
 fn notifications_map_to_events_by_family() {
-    assert!(matches!(event(note(RouteNetlinkMessage::NewLink(vxlan_link()))), Some(KernelEvent::LinkChanged(_))));
+    assert!(matches!(
+        event(note(RouteNetlinkMessage::NewLink(vxlan_link()))),
+        Some(KernelEvent::LinkChanged(_))
+    ));
     assert_eq!(
         event(note(RouteNetlinkMessage::DelLink(vxlan_link()))),
-        Some(KernelEvent::LinkDeleted { index: 7, name: "flannel.1".into() })
+        Some(KernelEvent::LinkDeleted {
+            index: 7,
+            name: "flannel.1".into()
+        })
     );
     assert!(matches!(
-        event(note(RouteNetlinkMessage::DelNeighbour(bridge_entry(vec![192, 0, 2, 2])))),
+        event(note(RouteNetlinkMessage::DelNeighbour(bridge_entry(vec![
+            192, 0, 2, 2
+        ])))),
         Some(KernelEvent::FdbDeleted(_))
     ));
     let mut arp = bridge_entry(vec![]);
     arp.header.family = AddressFamily::Inet;
-    arp.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(198, 18, 2, 0)))];
-    assert!(matches!(event(note(RouteNetlinkMessage::NewNeighbour(arp))), Some(KernelEvent::NeighChanged(_))));
-    assert!(matches!(event(note(RouteNetlinkMessage::DelRoute(main_route()))), Some(KernelEvent::RouteDeleted(_))));
+    arp.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(
+        Ipv4Addr::new(198, 18, 2, 0),
+    ))];
+    assert!(matches!(
+        event(note(RouteNetlinkMessage::NewNeighbour(arp))),
+        Some(KernelEvent::NeighChanged(_))
+    ));
+    assert!(matches!(
+        event(note(RouteNetlinkMessage::DelRoute(main_route()))),
+        Some(KernelEvent::RouteDeleted(_))
+    ));
     let overrun = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Overrun(Vec::new()));
     assert_eq!(event(overrun), Some(KernelEvent::Overrun));
-    assert_eq!(event(note(RouteNetlinkMessage::GetLink(LinkMessage::default()))), None);
+    assert_eq!(
+        event(note(RouteNetlinkMessage::GetLink(LinkMessage::default()))),
+        None
+    );
 }
 
 fn nlmsgerr(code: i32, payload: Vec<u8>) -> ErrorMessage {
@@ -281,5 +337,9 @@ fn error_text_is_strerror_plus_the_extended_ack() {
         let e = nlmsgerr(-libc::EINVAL, junk);
         assert!(error_text(libc::EINVAL, &e, NLM_F_ACK_TLVS).starts_with("Invalid argument"));
     }
-    assert_eq!(errno(&ErrorMessage::default()), None, "an acknowledgement is no error");
+    assert_eq!(
+        errno(&ErrorMessage::default()),
+        None,
+        "an acknowledgement is no error"
+    );
 }

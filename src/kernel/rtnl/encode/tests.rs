@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkPayload,
+};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourState};
@@ -42,7 +44,9 @@ fn wire(mut msg: Msg) -> RouteNetlinkMessage {
 }
 
 fn vxlan_data(msg: &Msg) -> (Vec<LinkAttribute>, Vec<InfoVxlan>) {
-    let RouteNetlinkMessage::NewLink(link) = &msg.payload_inner() else { panic!("not RTM_NEWLINK") };
+    let RouteNetlinkMessage::NewLink(link) = &msg.payload_inner() else {
+        panic!("not RTM_NEWLINK")
+    };
     let data = link
         .attributes
         .iter()
@@ -73,13 +77,20 @@ impl Inner for Msg {
 #[test]
 fn vxlan_request_has_the_spec_attributes_and_no_port_by_default() {
     let msg = new_vxlan(&spec());
-    assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+    assert_eq!(
+        msg.header.flags,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    );
     let (attrs, data) = vxlan_data(&msg);
     assert!(attrs.contains(&LinkAttribute::IfName("flannel.1".into())));
     assert!(attrs.contains(&LinkAttribute::TxQueueLen(0)));
     assert!(attrs.contains(&LinkAttribute::Mtu(1450)));
     assert!(attrs.contains(&LinkAttribute::Address(MAC.0.to_vec())));
-    assert!(attrs.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(i) if i.contains(&LinkInfo::Kind(InfoKind::Vxlan)))));
+    assert!(
+        attrs
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkInfo(i) if i.contains(&LinkInfo::Kind(InfoKind::Vxlan))))
+    );
     for expected in [
         InfoVxlan::Id(1),
         InfoVxlan::Link(2),
@@ -96,7 +107,10 @@ fn vxlan_request_has_the_spec_attributes_and_no_port_by_default() {
     ] {
         assert!(data.contains(&expected), "missing {expected:?} in {data:?}");
     }
-    assert!(!data.iter().any(|d| matches!(d, InfoVxlan::Port(_))), "port 0 must not be sent");
+    assert!(
+        !data.iter().any(|d| matches!(d, InfoVxlan::Port(_))),
+        "port 0 must not be sent"
+    );
     assert!(!data.contains(&InfoVxlan::Gbp));
 }
 
@@ -117,51 +131,99 @@ fn vxlan_request_with_port_gbp_learning_and_ipv6_local() {
 
 #[test]
 fn vxlan_request_round_trips_to_the_same_link() {
-    let RouteNetlinkMessage::NewLink(link) = wire(new_vxlan(&spec())) else { panic!("not a link") };
+    let RouteNetlinkMessage::NewLink(link) = wire(new_vxlan(&spec())) else {
+        panic!("not a link")
+    };
     let decoded = decode::link(&link).expect("named link");
     assert_eq!(decoded.name, "flannel.1");
     assert_eq!(decoded.kind.as_deref(), Some("vxlan"));
     assert_eq!(decoded.mtu, 1450);
     assert_eq!(decoded.mac, Some(MAC));
     let vx = decoded.vxlan.expect("vxlan info");
-    assert_eq!((vx.vni, vx.port, vx.dev_index, vx.learning, vx.gbp, vx.l2miss), (1, 0, 2, false, false, false));
+    assert_eq!(
+        (vx.vni, vx.port, vx.dev_index, vx.learning, vx.gbp, vx.l2miss),
+        (1, 0, 2, false, false, false)
+    );
     assert_eq!(vx.local, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
 }
 
 #[test]
 fn link_changes_set_up_flag_and_mtu() {
-    let RouteNetlinkMessage::NewLink(up) = set_link_up(7).payload_inner() else { panic!() };
-    assert_eq!((up.header.index, up.header.flags, up.header.change_mask), (7, LinkFlags::Up, LinkFlags::Up));
-    let RouteNetlinkMessage::NewLink(mtu) = set_link_mtu(7, 1400).payload_inner() else { panic!() };
+    let RouteNetlinkMessage::NewLink(up) = set_link_up(7).payload_inner() else {
+        panic!()
+    };
+    assert_eq!(
+        (up.header.index, up.header.flags, up.header.change_mask),
+        (7, LinkFlags::Up, LinkFlags::Up)
+    );
+    let RouteNetlinkMessage::NewLink(mtu) = set_link_mtu(7, 1400).payload_inner() else {
+        panic!()
+    };
     assert_eq!(mtu.attributes, vec![LinkAttribute::Mtu(1400)]);
-    let RouteNetlinkMessage::DelLink(del) = del_link(9).payload_inner() else { panic!() };
+    let RouteNetlinkMessage::DelLink(del) = del_link(9).payload_inner() else {
+        panic!()
+    };
     assert_eq!(del.header.index, 9);
     assert_eq!(del_link(9).header.flags, NLM_F_REQUEST | NLM_F_ACK);
 }
 
 fn v4addr(prefix_len: u8) -> Addr {
-    Addr { index: 3, ip: "192.0.2.1".parse().unwrap(), prefix_len, flags: AddrFlags::default() }
+    Addr {
+        index: 3,
+        ip: "192.0.2.1".parse().unwrap(),
+        prefix_len,
+        flags: AddrFlags::default(),
+    }
 }
 
 #[test]
 fn address_add_is_exclusive_and_computes_the_ipv4_broadcast() {
     let msg = addr(&v4addr(24), true);
-    assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
-    let RouteNetlinkMessage::NewAddress(a) = msg.payload_inner() else { panic!() };
-    assert_eq!((a.header.index, a.header.prefix_len, a.header.family), (3, 24, AddressFamily::Inet));
-    assert!(a.attributes.contains(&AddressAttribute::Broadcast(Ipv4Addr::new(192, 0, 2, 255))));
+    assert_eq!(
+        msg.header.flags,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    );
+    let RouteNetlinkMessage::NewAddress(a) = msg.payload_inner() else {
+        panic!()
+    };
+    assert_eq!(
+        (a.header.index, a.header.prefix_len, a.header.family),
+        (3, 24, AddressFamily::Inet)
+    );
+    assert!(
+        a.attributes
+            .contains(&AddressAttribute::Broadcast(Ipv4Addr::new(192, 0, 2, 255)))
+    );
     // flannel's vxlan address is a /32: no broadcast, like Go netlink.
-    let RouteNetlinkMessage::NewAddress(a) = addr(&v4addr(32), true).payload_inner() else { panic!() };
-    assert!(!a.attributes.iter().any(|x| matches!(x, AddressAttribute::Broadcast(_))));
-    let RouteNetlinkMessage::DelAddress(d) = addr(&v4addr(24), false).payload_inner() else { panic!() };
-    assert!(d.attributes.contains(&AddressAttribute::Local("192.0.2.1".parse().unwrap())));
+    let RouteNetlinkMessage::NewAddress(a) = addr(&v4addr(32), true).payload_inner() else {
+        panic!()
+    };
+    assert!(
+        !a.attributes
+            .iter()
+            .any(|x| matches!(x, AddressAttribute::Broadcast(_)))
+    );
+    let RouteNetlinkMessage::DelAddress(d) = addr(&v4addr(24), false).payload_inner() else {
+        panic!()
+    };
+    assert!(
+        d.attributes
+            .contains(&AddressAttribute::Local("192.0.2.1".parse().unwrap()))
+    );
 }
 
 #[test]
 fn address_round_trips() {
-    let a6 = Addr { index: 4, ip: "2001:db8::1".parse().unwrap(), prefix_len: 64, flags: AddrFlags::default() };
+    let a6 = Addr {
+        index: 4,
+        ip: "2001:db8::1".parse().unwrap(),
+        prefix_len: 64,
+        flags: AddrFlags::default(),
+    };
     for a in [v4addr(24), a6] {
-        let RouteNetlinkMessage::NewAddress(m) = wire(addr(&a, true)) else { panic!() };
+        let RouteNetlinkMessage::NewAddress(m) = wire(addr(&a, true)) else {
+            panic!()
+        };
         assert_eq!(decode::addr(&m), Some(a));
     }
 }
@@ -179,8 +241,13 @@ fn onlink_route() -> Route {
 #[test]
 fn route_replace_is_the_flannel_onlink_route() {
     let msg = op(&Op::ReplaceRoute(onlink_route()));
-    assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
-    let RouteNetlinkMessage::NewRoute(m) = msg.payload_inner() else { panic!() };
+    assert_eq!(
+        msg.header.flags,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    );
+    let RouteNetlinkMessage::NewRoute(m) = msg.payload_inner() else {
+        panic!()
+    };
     assert_eq!(m.header.table, 254);
     assert_eq!(m.header.protocol, RouteProtocol::Boot);
     assert_eq!(m.header.scope, RouteScope::Universe);
@@ -195,7 +262,9 @@ fn route_replace_is_the_flannel_onlink_route() {
 fn route_in_a_big_table_goes_in_rta_table() {
     let mut r = onlink_route();
     r.table = 1000;
-    let RouteNetlinkMessage::DelRoute(m) = op(&Op::DeleteRoute(r)).payload_inner() else { panic!() };
+    let RouteNetlinkMessage::DelRoute(m) = op(&Op::DeleteRoute(r)).payload_inner() else {
+        panic!()
+    };
     assert_eq!(m.header.table, 0);
     assert!(m.attributes.contains(&RouteAttribute::Table(1000)));
 }
@@ -210,7 +279,9 @@ fn routes_round_trip() {
     let mut big = onlink_route();
     big.table = 70000;
     for r in [onlink_route(), blackhole, v6, big] {
-        let RouteNetlinkMessage::NewRoute(m) = wire(op(&Op::ReplaceRoute(r.clone()))) else { panic!() };
+        let RouteNetlinkMessage::NewRoute(m) = wire(op(&Op::ReplaceRoute(r.clone()))) else {
+            panic!()
+        };
         assert_eq!(decode::route(&m), Some(r));
     }
 }
@@ -218,36 +289,74 @@ fn routes_round_trip() {
 #[test]
 fn route_destination_is_sent_as_the_network_address() {
     let r = Route::unicast("198.18.2.7/24".parse().unwrap(), None, Some(5));
-    let RouteNetlinkMessage::NewRoute(m) = op(&Op::ReplaceRoute(r)).payload_inner() else { panic!() };
-    assert!(m.attributes.contains(&RouteAttribute::Destination(RouteAddress::from(IpAddr::V4(
-        Ipv4Addr::new(198, 18, 2, 0)
-    )))));
+    let RouteNetlinkMessage::NewRoute(m) = op(&Op::ReplaceRoute(r)).payload_inner() else {
+        panic!()
+    };
+    assert!(
+        m.attributes
+            .contains(&RouteAttribute::Destination(RouteAddress::from(IpAddr::V4(
+                Ipv4Addr::new(198, 18, 2, 0)
+            ))))
+    );
 }
 
 #[test]
 fn neighbour_replace_is_permanent_with_lladdr() {
-    let n = Neigh { index: 5, ip: "198.18.2.0".parse().unwrap(), mac: Some(MAC), state: NUD_PERMANENT };
+    let n = Neigh {
+        index: 5,
+        ip: "198.18.2.0".parse().unwrap(),
+        mac: Some(MAC),
+        state: NUD_PERMANENT,
+    };
     let msg = op(&Op::ReplaceNeigh(n.clone()));
-    assert_eq!(msg.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
-    let RouteNetlinkMessage::NewNeighbour(m) = msg.payload_inner() else { panic!() };
-    assert_eq!((m.header.family, m.header.ifindex, m.header.state), (AddressFamily::Inet, 5, NeighbourState::Permanent));
-    assert!(m.attributes.contains(&NeighbourAttribute::LinkLayerAddress(MAC.0.to_vec())));
-    let RouteNetlinkMessage::NewNeighbour(back) = wire(msg) else { panic!() };
+    assert_eq!(
+        msg.header.flags,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    );
+    let RouteNetlinkMessage::NewNeighbour(m) = msg.payload_inner() else {
+        panic!()
+    };
+    assert_eq!(
+        (m.header.family, m.header.ifindex, m.header.state),
+        (AddressFamily::Inet, 5, NeighbourState::Permanent)
+    );
+    assert!(
+        m.attributes
+            .contains(&NeighbourAttribute::LinkLayerAddress(MAC.0.to_vec()))
+    );
+    let RouteNetlinkMessage::NewNeighbour(back) = wire(msg) else {
+        panic!()
+    };
     assert_eq!(decode::neigh(&back), Some(n));
 }
 
 #[test]
 fn fdb_replace_is_bridge_self_permanent_with_dst() {
-    let f = Fdb { index: 5, mac: MAC, dst: Some("192.0.2.2".parse().unwrap()), self_flag: true, permanent: true };
+    let f = Fdb {
+        index: 5,
+        mac: MAC,
+        dst: Some("192.0.2.2".parse().unwrap()),
+        self_flag: true,
+        permanent: true,
+    };
     let msg = op(&Op::ReplaceFdb(f.clone()));
-    let RouteNetlinkMessage::NewNeighbour(m) = msg.payload_inner() else { panic!() };
+    let RouteNetlinkMessage::NewNeighbour(m) = msg.payload_inner() else {
+        panic!()
+    };
     assert_eq!(m.header.family, AddressFamily::Bridge);
     assert_eq!(m.header.flags, NeighbourFlags::Own);
     assert_eq!(m.header.state, NeighbourState::Permanent);
-    let RouteNetlinkMessage::NewNeighbour(back) = wire(msg) else { panic!() };
+    let RouteNetlinkMessage::NewNeighbour(back) = wire(msg) else {
+        panic!()
+    };
     assert_eq!(decode::fdb(&back), Some(f.clone()));
-    let v6 = Fdb { dst: Some("2001:db8::2".parse().unwrap()), ..f };
-    let RouteNetlinkMessage::DelNeighbour(back) = wire(op(&Op::DeleteFdb(v6.clone()))) else { panic!() };
+    let v6 = Fdb {
+        dst: Some("2001:db8::2".parse().unwrap()),
+        ..f
+    };
+    let RouteNetlinkMessage::DelNeighbour(back) = wire(op(&Op::DeleteFdb(v6.clone()))) else {
+        panic!()
+    };
     assert_eq!(decode::fdb(&back), Some(v6));
 }
 
@@ -256,7 +365,10 @@ fn queries_are_requests_or_dumps() {
     use netlink_packet_core::NLM_F_DUMP;
     assert_eq!(dump_links().header.flags, NLM_F_REQUEST | NLM_F_DUMP);
     assert_eq!(dump_addrs().header.flags, NLM_F_REQUEST | NLM_F_DUMP);
-    assert_eq!(dump_routes(AddressFamily::Inet6).header.flags, NLM_F_REQUEST | NLM_F_DUMP);
+    assert_eq!(
+        dump_routes(AddressFamily::Inet6).header.flags,
+        NLM_F_REQUEST | NLM_F_DUMP
+    );
     assert_eq!(get_link_by_name("flannel.1").header.flags, NLM_F_REQUEST);
     let RouteNetlinkMessage::GetRoute(m) = get_route("192.0.2.2".parse().unwrap()).payload_inner() else {
         panic!()

@@ -1,0 +1,93 @@
+//! What the daemon reports on /readyz and /metrics: startup progress plus the reconciler's status.
+//!
+//! Ready means: subnet.env is written (as upstream) **and** the reconciler has programmed the first
+//! complete view of the cluster's leases (stricter than upstream, whose /readyz says nothing about
+//! peers).
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::backend::reconcile::ReconcileStatus;
+use crate::http::StatusSource;
+
+#[derive(Default)]
+pub struct DaemonStatus {
+    subnet_file_written: AtomicBool,
+    reconcile: Mutex<Option<watch::Receiver<ReconcileStatus>>>,
+}
+
+impl DaemonStatus {
+    pub fn set_subnet_file_written(&self, written: bool) {
+        self.subnet_file_written.store(written, Ordering::SeqCst);
+    }
+
+    pub fn set_reconcile(&self, rx: watch::Receiver<ReconcileStatus>) {
+        if let Ok(mut slot) = self.reconcile.lock() {
+            *slot = Some(rx);
+        }
+    }
+
+    fn reconcile_status(&self) -> Option<ReconcileStatus> {
+        let slot = self.reconcile.lock().ok()?;
+        slot.as_ref().map(|rx| rx.borrow().clone())
+    }
+}
+
+impl StatusSource for DaemonStatus {
+    fn ready(&self) -> bool {
+        self.subnet_file_written.load(Ordering::SeqCst)
+            && self.reconcile_status().is_some_and(|s| s.synced && s.passes > 0)
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        gauge("flannel_ready", "1 when subnet.env is written and the peers are programmed.", "gauge", f64::from(u8::from(self.ready())));
+        let s = self.reconcile_status().unwrap_or_default();
+        gauge("flannel_leases", "Remote leases known.", "gauge", s.leases as f64);
+        gauge("flannel_desired_entries", "Kernel entries the known leases need.", "gauge", s.desired as f64);
+        gauge("flannel_installed_entries", "Owned kernel entries installed.", "gauge", s.installed as f64);
+        gauge("flannel_failed_ops", "Kernel changes of the last pass that failed.", "gauge", s.failed_ops as f64);
+        gauge("flannel_converged", "1 when the last reconcile pass succeeded.", "gauge", f64::from(u8::from(s.converged)));
+        gauge("flannel_reconcile_passes_total", "Reconcile passes run.", "counter", s.passes as f64);
+        gauge("flannel_drift_repairs_total", "Kernel objects put back after someone else changed them.", "counter", s.repairs as f64);
+        gauge("process_resident_memory_bytes", "Resident memory of flanneld.", "gauge", resident_bytes() as f64);
+        out
+    }
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_subnet_file_and_a_programmed_view() {
+        let status = DaemonStatus::default();
+        assert!(!status.ready());
+        status.set_subnet_file_written(true);
+        assert!(!status.ready(), "no reconciler yet");
+        let (tx, rx) = watch::channel(ReconcileStatus::default());
+        status.set_reconcile(rx);
+        assert!(!status.ready(), "first batch not programmed");
+        tx.send_modify(|s| {
+            s.synced = true;
+            s.passes = 1;
+        });
+        assert!(status.ready());
+        assert!(status.metrics().contains("flannel_ready 1"));
+    }
+}

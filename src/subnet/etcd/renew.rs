@@ -1,0 +1,225 @@
+//! The renewal loop (upstream CompleteLease): renew this node's lease at expiration minus the
+//! renew margin (retrying every minute on failure), and watch the own key so that a deletion by
+//! someone else shuts the daemon down cleanly, as upstream does.
+//!
+//! It must not create the key again once it is gone. Spec: flanneld-behaviour.md sections 5.5
+//! (own-lease watch) and 5.6.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::entries::expiration_after;
+use super::registry::{PutOutcome, WatchEvent, WatchMessage};
+use super::{Backoff, LEASE_TTL_SECS, Shared};
+use crate::lease::Lease;
+use crate::subnet::{LeaseOutcome, SubnetError};
+
+/// Upstream retries a failed renewal after one minute.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// Never renew more often than this, even with a renew margin as long as the TTL.
+const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
+
+/// What the own-key watch reports.
+#[derive(Debug)]
+enum OwnKey {
+    /// The key was written (by our renewal or anyone); `expiration` None: it has no etcd lease.
+    Written { expiration: Option<SystemTime> },
+    /// The key is gone (deleted, or its lease expired).
+    Gone,
+}
+
+/// How long to wait before renewing a lease that expires at `expiration`.
+pub(crate) fn renew_wait(expiration: SystemTime, margin: Duration, now: SystemTime) -> Duration {
+    let left = expiration.duration_since(now).unwrap_or_default();
+    left.saturating_sub(margin).max(MIN_RENEW_WAIT)
+}
+
+/// Aborts the own-key watch task when the renewal loop returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn schedule(expiration: Option<SystemTime>, margin: Duration) -> Option<Instant> {
+    let wait = renew_wait(expiration?, margin, SystemTime::now());
+    tracing::info!(wait = ?wait, "waiting to renew the lease");
+    Some(Instant::now() + wait)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn complete_lease(
+    shared: Arc<Shared>,
+    lease: Lease,
+    shutdown: CancellationToken,
+) -> Result<LeaseOutcome, SubnetError> {
+    let Some(key) = shared.layout.lease_key(&lease) else {
+        return Err(SubnetError::Fatal(
+            "cannot renew a lease without an IPv4 subnet in etcd mode".into(),
+        ));
+    };
+    let value = lease.attrs.to_json();
+    let (events_tx, mut events) = mpsc::channel(8);
+    let _watch = AbortOnDrop(tokio::spawn(watch_own_key(
+        shared.clone(),
+        key.clone(),
+        events_tx,
+    )));
+    let margin = shared.renew_margin;
+    let mut next_renewal = schedule(lease.expiration, margin);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(LeaseOutcome::Shutdown),
+            event = events.recv() => match event {
+                Some(OwnKey::Gone) | None => {
+                    tracing::warn!(key = %key, "this node's lease was deleted from etcd; shutting down");
+                    return Ok(LeaseOutcome::Revoked);
+                }
+                Some(OwnKey::Written { expiration }) => {
+                    tracing::debug!(key = %key, expiration = ?expiration, "this node's lease was written");
+                    next_renewal = schedule(expiration, margin);
+                }
+            },
+            _ = sleep_until(next_renewal) => {
+                let renewal = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(LeaseOutcome::Shutdown),
+                    renewal = shared.registry.put_if_exists(&key, &value, Some(LEASE_TTL_SECS)) => renewal,
+                };
+                match renewal {
+                    Ok(PutOutcome::Written { ttl }) => {
+                        let expiration = ttl.map(|t| expiration_after(SystemTime::now(), t));
+                        tracing::info!(key = %key, expiration = ?expiration, "renewed the lease");
+                        next_renewal = schedule(expiration, margin);
+                    }
+                    Ok(PutOutcome::Conflict) => {
+                        tracing::warn!(key = %key, "this node's lease is gone from etcd; shutting down");
+                        return Ok(LeaseOutcome::Revoked);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "renewing the lease failed");
+                        next_renewal = Some(Instant::now() + RENEW_RETRY);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read the own key, then watch it from the next revision; re-read after a compaction.
+/// Reports every write and ends after reporting `Gone`.
+async fn watch_own_key(shared: Arc<Shared>, key: String, events: mpsc::Sender<OwnKey>) {
+    let registry = &shared.registry;
+    let mut backoff = Backoff::watch();
+    let mut from: Option<i64> = None;
+    loop {
+        let start = match from {
+            Some(revision) => revision,
+            None => match registry.get(&key).await {
+                Ok((_, None)) => {
+                    let _ = events.send(OwnKey::Gone).await;
+                    return;
+                }
+                Ok((revision, Some(_))) => revision + 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading this node's lease failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            },
+        };
+        from = Some(start);
+        let mut watch = match registry.watch(&key, start, false).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!(error = %e, from_revision = start, "watching this node's lease failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        loop {
+            match watch.next().await {
+                Ok(WatchMessage::Changes {
+                    events: changes,
+                    next_revision,
+                }) => {
+                    backoff.reset();
+                    from = Some(next_revision);
+                    for change in changes {
+                        let report = match change {
+                            WatchEvent::Delete { .. } => OwnKey::Gone,
+                            WatchEvent::Put(entry) if entry.lease_id == 0 => {
+                                OwnKey::Written { expiration: None }
+                            }
+                            WatchEvent::Put(entry) => match registry.time_to_live(&key, entry.lease_id).await
+                            {
+                                Ok(Some(ttl)) => OwnKey::Written {
+                                    expiration: Some(expiration_after(SystemTime::now(), ttl)),
+                                },
+                                // Expiring now: the deletion event follows.
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "could not read the TTL of this node's lease");
+                                    continue;
+                                }
+                            },
+                        };
+                        let gone = matches!(report, OwnKey::Gone);
+                        if events.send(report).await.is_err() || gone {
+                            return;
+                        }
+                    }
+                }
+                Ok(WatchMessage::Compacted { .. }) => {
+                    tracing::warn!(key = %key, "the watch of this node's lease fell behind compaction; re-reading");
+                    from = None;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the watch of this node's lease was interrupted; reconnecting");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_waits_until_expiration_minus_margin() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = now + Duration::from_secs(86_400);
+        assert_eq!(
+            renew_wait(day, Duration::from_secs(3600), now),
+            Duration::from_secs(82_800)
+        );
+    }
+
+    #[test]
+    fn an_overdue_renewal_waits_the_minimum_not_zero() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            renew_wait(now + Duration::from_secs(10), Duration::from_secs(3600), now),
+            MIN_RENEW_WAIT
+        );
+        assert_eq!(
+            renew_wait(now - Duration::from_secs(10), Duration::ZERO, now),
+            MIN_RENEW_WAIT
+        );
+    }
+}
