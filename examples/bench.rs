@@ -46,13 +46,16 @@ fn lease(i: u32) -> (String, String) {
 
 /// Runs etcd puts from a thread inside the etcd namespace (the bench process itself stays in the
 /// root namespace and never talks to the underlay directly).
+/// A batch of key/value pairs to write, and where to report the instant the write started.
+type WriteRequest = (Vec<(String, String)>, mpsc::Sender<Instant>);
+
 struct EtcdWriter {
-    tx: mpsc::Sender<(Vec<(String, String)>, mpsc::Sender<Instant>)>,
+    tx: mpsc::Sender<WriteRequest>,
 }
 
 impl EtcdWriter {
     fn new(ns: &Netns) -> EtcdWriter {
-        let (tx, rx) = mpsc::channel::<(Vec<(String, String)>, mpsc::Sender<Instant>)>();
+        let (tx, rx) = mpsc::channel::<WriteRequest>();
         let path = format!("/run/netns/{}", ns.name);
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;

@@ -54,7 +54,11 @@ fn main() {
     for i in 0..nodes {
         tb.wait_subnet_env(i, Duration::from_secs(60));
     }
-    step(start, "every node has its lease\n");
+    step(start, "every node has its lease; waiting until every node has a route to every other");
+    for i in 0..nodes {
+        tb.wait_routes(i, nodes - 1, Duration::from_secs(30));
+    }
+    step(start, "the overlay is programmed\n");
 
     println!("== leases in etcd ==");
     for (key, value) in tb.leases() {
@@ -71,11 +75,7 @@ fn main() {
             println!("    {line}");
         }
         println!("  routes to the pod network:");
-        for line in node
-            .ns
-            .sh("ip route show 198.18.0.0/16 match 198.18.0.0/16 | grep -v cni0 || true")
-            .lines()
-        {
+        for line in tb.flannel_routes(i) {
             println!("    {line}");
         }
         if backend == "vxlan" {

@@ -43,7 +43,7 @@ pub enum DaemonError {
     #[error("selecting the external interface: {0}")]
     Iface(#[from] iface::IfaceError),
     #[error("setting up the {backend} backend: {source}")]
-    Backend { backend: String, source: BackendError },
+    Backend { backend: String, source: Box<BackendError> },
     #[error("acquiring a lease: {0}")]
     Lease(SubnetError),
     #[error("the Kubernetes subnet manager is not available in this build yet")]
@@ -63,13 +63,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     install_signal_handlers(shutdown.clone());
     let status = Arc::new(DaemonStatus::default());
 
-    if config.kube_subnet_mgr {
-        return Err(DaemonError::KubeNotAvailable);
-    }
-    let previous = env_file::read_previous(&config.subnet_file);
-    let manager = EtcdSubnetManager::connect(&config.etcd, previous, config.subnet_lease_renew_margin)
-        .await
-        .map_err(DaemonError::SubnetManager)?;
+    let manager = create_subnet_manager(&config).await?;
     info!(manager = %manager.name(), "created subnet manager");
 
     if config.healthz_port > 0 {
@@ -79,7 +73,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::spawn(http::serve(listener, status.clone() as Arc<dyn StatusSource>, shutdown.clone()));
     }
 
-    let Some(netconf) = manager.wait_for_network_config(&shutdown).await else {
+    let Some(netconf) = manager.wait_for_config(&shutdown).await.map_err(DaemonError::SubnetManager)? else {
         info!("shut down while waiting for the network config");
         return Ok(());
     };
@@ -101,10 +95,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let ext = iface::discover(&request, netlink.as_ref()).await?;
 
-    let backend_err = |source| DaemonError::Backend { backend: netconf.backend_type.clone(), source };
+    let backend_err =
+        |source| DaemonError::Backend { backend: netconf.backend_type.clone(), source: Box::new(source) };
     let mut backend = backend::build(&netconf, &ext, None).map_err(backend_err)?;
     let attrs = backend.prepare(netlink.as_ref()).await.map_err(backend_err)?;
-    let Some(lease) = acquire_lease(&manager, &netconf, &attrs, &shutdown).await? else {
+    let Some(lease) = acquire_lease(manager.as_ref(), &netconf, &attrs, &shutdown).await? else {
         return Ok(());
     };
     let mtu = backend.configure(netlink.as_ref(), &lease).await.map_err(backend_err)?;
@@ -149,6 +144,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     .await;
     info!("exiting cleanly; devices, routes, neighbour and FDB entries are left in place");
     Ok(())
+}
+
+/// The etcd or Kubernetes subnet manager, as configured.
+async fn create_subnet_manager(config: &Config) -> Result<Arc<dyn SubnetManager>, DaemonError> {
+    if config.kube_subnet_mgr {
+        return Err(DaemonError::KubeNotAvailable);
+    }
+    let previous = env_file::read_previous(&config.subnet_file);
+    let manager = EtcdSubnetManager::connect(&config.etcd, previous, config.subnet_lease_renew_margin)
+        .await
+        .map_err(DaemonError::SubnetManager)?;
+    Ok(Arc::new(manager))
 }
 
 /// Acquire the lease, retrying retriable errors with backoff (a datastore outage at startup

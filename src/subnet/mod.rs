@@ -58,6 +58,39 @@ pub trait SubnetManager: Send + Sync {
     /// One attempt to read the network config. `ConfigNotFound`/`BadConfig` make the daemon wait.
     async fn network_config(&self) -> Result<NetConf, SubnetError>;
 
+    /// Read the network config until it is present and valid, retrying every second and saying
+    /// why at most every ~10 s (or at once when the reason changes). `Ok(None)` when `shutdown`
+    /// fires first; `Err` only for errors that waiting cannot fix (`Fatal`).
+    async fn wait_for_config(&self, shutdown: &CancellationToken) -> Result<Option<NetConf>, SubnetError> {
+        const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+        const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+        let mut last_logged: Option<(std::time::Instant, String)> = None;
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                attempt = self.network_config() => attempt,
+            };
+            match attempt {
+                Ok(config) => return Ok(Some(config)),
+                Err(e) if !e.is_retriable() => return Err(e),
+                Err(e) => {
+                    let reason = e.to_string();
+                    let due = last_logged
+                        .as_ref()
+                        .is_none_or(|(at, previous)| *previous != reason || at.elapsed() >= LOG_EVERY);
+                    if due {
+                        tracing::warn!(error = %reason, "waiting for the network config");
+                        last_logged = Some((std::time::Instant::now(), reason));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
     /// Public IPs stored for this node by the operator (kube `node-public-ip(v6)` annotations).
     async fn stored_public_ips(&self) -> Result<(Option<String>, Option<String>), SubnetError> {
         Ok((None, None))

@@ -370,6 +370,33 @@ impl Testbed {
         Pinger { child: Some(child) }
     }
 
+    /// The protocol-boot routes inside the pod network on node `i` (what flanneld programs), as
+    /// `ip route` prints them.
+    pub fn flannel_routes(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .ns
+            .sh("ip route show root 198.18.0.0/15 proto boot")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Waits until node `i` has exactly `n` flannel routes; panics with its log when it does not.
+    pub fn wait_routes(&self, i: usize, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let routes = self.flannel_routes(i);
+            if routes.len() == n {
+                return routes;
+            }
+            if Instant::now() > deadline {
+                panic!("{} has routes {routes:?}, wanted {n}; log:\n{}", self.nodes[i].name, self.nodes[i].log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `ip -j <args>` in node `i`, parsed.
     pub fn ip_json(&self, i: usize, args: &str) -> serde_json::Value {
         let out = self.nodes[i].ns.sh(&format!("ip -j {args}"));
