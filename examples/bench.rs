@@ -36,7 +36,12 @@ fn lease(i: u32) -> (String, String) {
     } else {
         format!("203.0.113.{}", 1 + (i / 2) % 254)
     };
-    let mac = format!("0a:00:{:02x}:{:02x}:{:02x}:01", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+    let mac = format!(
+        "0a:00:{:02x}:{:02x}:{:02x}:01",
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    );
     let key = format!("{ETCD_PREFIX}/subnets/{subnet}-{SUBNET_LEN}");
     let value = format!(
         r#"{{"PublicIP":"{public}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
@@ -62,7 +67,10 @@ impl EtcdWriter {
             let file = std::fs::File::open(&path).expect("opening etcd netns");
             // SAFETY: setns only changes this thread's network namespace.
             assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let mut client = etcd_client::Client::connect([format!("http://{ETCD_IP}:2379")], None)
                     .await
@@ -70,9 +78,14 @@ impl EtcdWriter {
                 while let Ok((kvs, done)) = rx.recv() {
                     let started = Instant::now();
                     for chunk in kvs.chunks(100) {
-                        let ops: Vec<etcd_client::TxnOp> =
-                            chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
-                        client.txn(etcd_client::Txn::new().and_then(ops)).await.expect("etcd txn");
+                        let ops: Vec<etcd_client::TxnOp> = chunk
+                            .iter()
+                            .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                            .collect();
+                        client
+                            .txn(etcd_client::Txn::new().and_then(ops))
+                            .await
+                            .expect("etcd txn");
                     }
                     let _ = done.send(started);
                 }
@@ -92,11 +105,22 @@ impl EtcdWriter {
 /// (routes via flannel.1, permanent neighbours, FDB entries) in a namespace, read over netlink.
 fn counts(ns: &Netns) -> (usize, usize, usize) {
     ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let k = RtNetlink::new().expect("netlink");
-            let Ok(Some(dev)) = k.link_by_name("flannel.1").await else { return (0, 0, 0) };
-            let routes = k.routes().await.unwrap_or_default().iter().filter(|r| r.oif == Some(dev.index)).count();
+            let Ok(Some(dev)) = k.link_by_name("flannel.1").await else {
+                return (0, 0, 0);
+            };
+            let routes = k
+                .routes()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r.oif == Some(dev.index))
+                .count();
             let neighs = k
                 .neighs(dev.index)
                 .await
@@ -104,7 +128,13 @@ fn counts(ns: &Netns) -> (usize, usize, usize) {
                 .iter()
                 .filter(|n| n.state & flanneld::kernel::NUD_PERMANENT != 0)
                 .count();
-            let fdbs = k.fdbs(dev.index).await.unwrap_or_default().iter().filter(|f| f.dst.is_some()).count();
+            let fdbs = k
+                .fdbs(dev.index)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|f| f.dst.is_some())
+                .count();
             (routes, neighs, fdbs)
         })
     })
@@ -137,25 +167,42 @@ fn ip_batch(n: u32) -> Duration {
         let v: serde_json::Value = serde_json::from_str(&value).unwrap();
         let mac = v["BackendData"]["VtepMAC"].as_str().unwrap();
         let public = v["PublicIP"].as_str().unwrap();
-        ipb.push_str(&format!("neigh replace {net} dev flannel.1 lladdr {mac} nud permanent\n"));
+        ipb.push_str(&format!(
+            "neigh replace {net} dev flannel.1 lladdr {mac} nud permanent\n"
+        ));
         ipb.push_str(&format!("route replace {sn} via {net} dev flannel.1 onlink\n"));
-        brb.push_str(&format!("fdb replace {mac} dev flannel.1 dst {public} self permanent\n"));
+        brb.push_str(&format!(
+            "fdb replace {mac} dev flannel.1 dst {public} self permanent\n"
+        ));
     }
     let ipf = dir.path().join("ip.batch");
     let brf = dir.path().join("bridge.batch");
     std::fs::write(&ipf, ipb).unwrap();
     std::fs::write(&brf, brb).unwrap();
     let started = Instant::now();
-    ns.sh(&format!("ip -batch {} && bridge -batch {}", ipf.display(), brf.display()));
+    ns.sh(&format!(
+        "ip -batch {} && bridge -batch {}",
+        ipf.display(),
+        brf.display()
+    ));
     let elapsed = started.elapsed();
     let (r, ne, f) = counts(&ns);
-    assert!(r >= n as usize && ne >= n as usize && f >= n as usize, "ip -batch installed {r}/{ne}/{f}");
+    assert!(
+        r >= n as usize && ne >= n as usize && f >= n as usize,
+        "ip -batch installed {r}/{ne}/{f}"
+    );
     elapsed
 }
 
 fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
-    let mut tb = Testbed::new(TestbedOptions { nodes: 1, flanneld: flanneld.into(), tag: "bench".into() });
-    tb.put_config(&format!(r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#));
+    let mut tb = Testbed::new(TestbedOptions {
+        nodes: 1,
+        flanneld: flanneld.into(),
+        tag: "bench".into(),
+    });
+    tb.put_config(&format!(
+        r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#
+    ));
     let writer = EtcdWriter::new(&tb.etcd_ns);
     writer.put((0..n).map(lease).collect());
     tb.nodes[0].args = vec!["--iface=eth0".into()];
@@ -167,18 +214,31 @@ fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
         if r >= n as usize && ne >= n as usize && f >= n as usize {
             break started.elapsed();
         }
-        assert!(Instant::now() < deadline, "not converged after 120 s ({r}/{ne}/{f} of {n}); log:\n{}", tb.nodes[0].log());
+        assert!(
+            Instant::now() < deadline,
+            "not converged after 120 s ({r}/{ne}/{f} of {n}); log:\n{}",
+            tb.nodes[0].log()
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     let pid = tb.nodes[0].daemon.as_ref().unwrap().id();
+    if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+        println!("{}", tb.nodes[0].log());
+    }
     std::thread::sleep(Duration::from_millis(500));
     let rss = rss_kib(pid);
     (converged, ip_batch(n), rss)
 }
 
 fn latency(flanneld: &str, samples: u32) -> Vec<Duration> {
-    let mut tb = Testbed::new(TestbedOptions { nodes: 1, flanneld: flanneld.into(), tag: "benchlat".into() });
-    tb.put_config(&format!(r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#));
+    let mut tb = Testbed::new(TestbedOptions {
+        nodes: 1,
+        flanneld: flanneld.into(),
+        tag: "benchlat".into(),
+    });
+    tb.put_config(&format!(
+        r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#
+    ));
     let writer = EtcdWriter::new(&tb.etcd_ns);
     tb.nodes[0].args = vec!["--iface=eth0".into()];
     tb.start_daemon(0);
@@ -214,7 +274,10 @@ fn latency(flanneld: &str, samples: u32) -> Vec<Duration> {
                     break;
                 }
                 Ok(_) => {}
-                Err(_) => panic!("route {sn} did not appear within 10 s; log:\n{}", tb.nodes[0].log()),
+                Err(_) => panic!(
+                    "route {sn} did not appear within 10 s; log:\n{}",
+                    tb.nodes[0].log()
+                ),
             }
         }
     }
@@ -230,14 +293,24 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flanneld = args.get(1).cloned().unwrap_or_else(|| "target/release/flanneld".into());
-    let sizes: Vec<u32> = if args.len() > 2 { args[2..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1000, 5000] };
+    let flanneld = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "target/release/flanneld".into());
+    let sizes: Vec<u32> = if args.len() > 2 {
+        args[2..].iter().filter_map(|a| a.parse().ok()).collect()
+    } else {
+        vec![1000, 5000]
+    };
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("bench: needs root (network namespaces)");
         std::process::exit(1);
     }
     println!("flanneld control-plane benchmark ({flanneld})\n");
-    println!("{:>6} | {:>14} | {:>14} | {:>6} | {:>9}", "peers", "flanneld", "ip -batch", "ratio", "RSS");
+    println!(
+        "{:>6} | {:>14} | {:>14} | {:>6} | {:>9}",
+        "peers", "flanneld", "ip -batch", "ratio", "RSS"
+    );
     for n in sizes {
         let (daemon, batch, rss) = bulk(&flanneld, n);
         println!(

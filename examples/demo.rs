@@ -54,7 +54,10 @@ fn main() {
     for i in 0..nodes {
         tb.wait_subnet_env(i, Duration::from_secs(60));
     }
-    step(start, "every node has its lease; waiting until every node has a route to every other");
+    step(
+        start,
+        "every node has its lease; waiting until every node has a route to every other",
+    );
     for i in 0..nodes {
         tb.wait_routes(i, nodes - 1, Duration::from_secs(30));
     }
@@ -136,6 +139,9 @@ fn main() {
                 println!("{line}");
             }
         }
+    }
+    if std::env::var_os("DEMO_SHOW_LOG").is_some() {
+        println!("{}", tb.nodes[0].log());
     }
     step(start, "tearing everything down (daemons, etcd, namespaces)");
     drop(tb);

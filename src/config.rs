@@ -32,8 +32,6 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("flag -{flag} was given an empty value; name an interface or leave the flag out")]
-    EmptyInterface { flag: &'static str },
     #[error("flag -etcd-endpoints {value:?} names no endpoint (needed unless -kube-subnet-mgr is set)")]
     NoEtcdEndpoints { value: String },
 }
@@ -115,12 +113,6 @@ impl Config {
                 value: flags.etcd_endpoints.clone(),
             });
         }
-        if flags.iface.iter().any(String::is_empty) {
-            return Err(ConfigError::EmptyInterface { flag: "iface" });
-        }
-        if flags.iface_regex.iter().any(String::is_empty) {
-            return Err(ConfigError::EmptyInterface { flag: "iface-regex" });
-        }
         let iface_can_reach = parse_optional("iface-can-reach", &flags.iface_can_reach, "IP", |text| {
             text.parse::<IpAddr>().ok()
         })?;
@@ -154,8 +146,13 @@ impl Config {
                 username: non_empty(&flags.etcd_username),
                 password: non_empty(&flags.etcd_password),
             },
-            iface: flags.iface.clone(),
-            iface_regex: flags.iface_regex.clone(),
+            iface: flags.iface.iter().filter(|i| !i.is_empty()).cloned().collect(),
+            iface_regex: flags
+                .iface_regex
+                .iter()
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .collect(),
             iface_can_reach,
             subnet_file: PathBuf::from(&flags.subnet_file),
             public_ip,
@@ -467,14 +464,17 @@ mod tests {
     }
 
     #[test]
-    fn empty_interface_selectors_are_rejected() {
+    fn empty_interface_selectors_are_dropped_as_upstream() {
+        // Upstream treats `--iface=` like no --iface (the default route decides); manifests that
+        // template `--iface=$(IFACE)` rely on that.
         assert_eq!(
-            config_err(|f| f.iface = vec!["eth0".into(), String::new()]),
-            ConfigError::EmptyInterface { flag: "iface" }
+            config_ok(|f| f.iface = vec!["eth0".into(), String::new()]).iface,
+            ["eth0"]
         );
-        assert_eq!(
-            config_err(|f| f.iface_regex = vec![String::new()]),
-            ConfigError::EmptyInterface { flag: "iface-regex" }
+        assert!(
+            config_ok(|f| f.iface_regex = vec![String::new()])
+                .iface_regex
+                .is_empty()
         );
         assert_eq!(
             config_ok(|f| f.iface = vec!["eth0,eth1".into()]).iface,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backend::{self, BackendError};
 use crate::backend::reconcile::Reconciler;
+use crate::backend::{self, BackendError};
 use crate::config::Config;
 use crate::http::{self, StatusSource};
 use crate::iface::{self, IfaceRequest};
@@ -36,14 +36,19 @@ pub enum DaemonError {
     Http(#[from] http::HttpError),
     #[error("network config: neither EnableIPv4 nor EnableIPv6 is set")]
     NoStack,
-    #[error("checking br_netfilter: {path} does not exist (load the br_netfilter module, or use EnableNFTables)")]
+    #[error(
+        "checking br_netfilter: {path} does not exist (load the br_netfilter module, or use EnableNFTables)"
+    )]
     BrNetfilter { path: String },
     #[error("opening the kernel netlink socket: {0}")]
     Kernel(crate::kernel::KernelError),
     #[error("selecting the external interface: {0}")]
     Iface(#[from] iface::IfaceError),
     #[error("setting up the {backend} backend: {source}")]
-    Backend { backend: String, source: Box<BackendError> },
+    Backend {
+        backend: String,
+        source: Box<BackendError>,
+    },
     #[error("acquiring a lease: {0}")]
     Lease(SubnetError),
     #[error("the Kubernetes subnet manager is not available in this build yet")]
@@ -70,10 +75,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let addr = http::listen_addr(&config.healthz_ip, config.healthz_port)?;
         let listener = http::bind(addr).await?;
         info!(%addr, "serving /healthz, /readyz and /metrics");
-        tokio::spawn(http::serve(listener, status.clone() as Arc<dyn StatusSource>, shutdown.clone()));
+        tokio::spawn(http::serve(
+            listener,
+            status.clone() as Arc<dyn StatusSource>,
+            shutdown.clone(),
+        ));
     }
 
-    let Some(netconf) = manager.wait_for_config(&shutdown).await.map_err(DaemonError::SubnetManager)? else {
+    let Some(netconf) = manager
+        .wait_for_config(&shutdown)
+        .await
+        .map_err(DaemonError::SubnetManager)?
+    else {
         info!("shut down while waiting for the network config");
         return Ok(());
     };
@@ -95,14 +108,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let ext = iface::discover(&request, netlink.as_ref()).await?;
 
-    let backend_err =
-        |source| DaemonError::Backend { backend: netconf.backend_type.clone(), source: Box::new(source) };
+    let backend_err = |source| DaemonError::Backend {
+        backend: netconf.backend_type.clone(),
+        source: Box::new(source),
+    };
     let mut backend = backend::build(&netconf, &ext, None).map_err(backend_err)?;
     let attrs = backend.prepare(netlink.as_ref()).await.map_err(backend_err)?;
     let Some(lease) = acquire_lease(manager.as_ref(), &netconf, &attrs, &shutdown).await? else {
         return Ok(());
     };
-    let mtu = backend.configure(netlink.as_ref(), &lease).await.map_err(backend_err)?;
+    let mtu = backend
+        .configure(netlink.as_ref(), &lease)
+        .await
+        .map_err(backend_err)?;
 
     // Firewall rules (ip-masq, forward) come with the traffic manager.
 
@@ -120,7 +138,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     status.set_reconcile(reconciler.status());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let reconcile_task = tokio::spawn(reconciler.run(events_rx, shutdown.clone()));
-    let watch_task = tokio::spawn(forward_lease_events(manager.watch_leases(), lease.clone(), events_tx, shutdown.clone()));
+    let watch_task = tokio::spawn(forward_lease_events(
+        manager.watch_leases(),
+        lease.clone(),
+        events_tx,
+        shutdown.clone(),
+    ));
 
     match crate::sdnotify::notify("READY=1") {
         Ok(true) => info!("notified systemd: READY=1"),
@@ -130,7 +153,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     match manager.complete_lease(&lease, shutdown.clone()).await {
         Ok(LeaseOutcome::Revoked) => {
-            warn!("our lease was deleted from the datastore; shutting down (the data plane is left in place)");
+            warn!(
+                "our lease was deleted from the datastore; shutting down (the data plane is left in place)"
+            );
             shutdown.cancel();
         }
         Ok(_) => {}
@@ -220,7 +245,9 @@ fn check_br_netfilter(netconf: &NetConf) -> Result<(), DaemonError> {
     }
     for path in paths {
         if !std::path::Path::new(path).exists() {
-            return Err(DaemonError::BrNetfilter { path: path.to_string() });
+            return Err(DaemonError::BrNetfilter {
+                path: path.to_string(),
+            });
         }
     }
     Ok(())
@@ -231,7 +258,8 @@ fn check_br_netfilter(netconf: &NetConf) -> Result<(), DaemonError> {
 fn install_signal_handlers(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             error!("installing signal handlers failed");
             return;
         };

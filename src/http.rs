@@ -25,7 +25,10 @@ pub enum HttpError {
     #[error("health server: invalid listen address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
     #[error("health server: listening on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// `ip:port` with IPv6 hosts bracketed, as upstream formats the listen address.
@@ -39,7 +42,9 @@ pub fn listen_addr(ip: &str, port: u16) -> Result<SocketAddr, HttpError> {
 
 /// Bind now (so a bad address fails startup with a clear error) and serve until `shutdown`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
-    TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
 }
 
 pub async fn serve(listener: TcpListener, status: Arc<dyn StatusSource>, shutdown: CancellationToken) {
@@ -64,8 +69,16 @@ pub fn respond(path: &str, status: &dyn StatusSource) -> (&'static str, &'static
     match path {
         "/healthz" => ("200 OK", TEXT, "flanneld is running".into()),
         "/readyz" if status.ready() => ("200 OK", TEXT, "flanneld is ready".into()),
-        "/readyz" => ("503 Service Unavailable", TEXT, "flanneld is not ready yet".into()),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", status.metrics()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            TEXT,
+            "flanneld is not ready yet".into(),
+        ),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            status.metrics(),
+        ),
         _ => ("404 Not Found", TEXT, "404 page not found\n".into()),
     }
 }
@@ -92,7 +105,11 @@ async fn answer(mut stream: TcpStream, status: Arc<dyn StatusSource>) {
     let head = String::from_utf8_lossy(&buf);
     let (code, ctype, body) = match request_path(&head) {
         Some(path) => respond(path, status.as_ref()),
-        None => ("400 Bad Request", "text/plain; charset=utf-8", "bad request\n".into()),
+        None => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "bad request\n".into(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -129,7 +146,10 @@ mod tests {
 
     #[test]
     fn request_path_handles_queries_and_garbage() {
-        assert_eq!(request_path("GET /readyz?verbose HTTP/1.1\r\n\r\n"), Some("/readyz"));
+        assert_eq!(
+            request_path("GET /readyz?verbose HTTP/1.1\r\n\r\n"),
+            Some("/readyz")
+        );
         assert_eq!(request_path("HEAD /healthz HTTP/1.0\r\n"), Some("/healthz"));
         assert_eq!(request_path(""), None);
         assert_eq!(request_path("GARBAGE"), None);
@@ -149,7 +169,9 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(listener, Arc::new(Fixed(true)), shutdown.clone()));
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");

@@ -12,6 +12,7 @@ use flanneld::config::Config;
 use flanneld::logging;
 
 fn main() -> ExitCode {
+    flanneld::memory::limit_arenas();
     let args = match cli::args_from_os(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(err) => return usage_error(&err),

@@ -18,7 +18,10 @@ pub fn notify(state: &str) -> Result<bool, NotifyError> {
 }
 
 pub fn notify_to(socket: &str, state: &str) -> Result<(), NotifyError> {
-    let err = |source| NotifyError::Send { socket: socket.to_string(), source };
+    let err = |source| NotifyError::Send {
+        socket: socket.to_string(),
+        source,
+    };
     let sock = UnixDatagram::unbound().map_err(err)?;
     if let Some(name) = socket.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;

@@ -47,16 +47,56 @@ impl StatusSource for DaemonStatus {
         let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
-        gauge("flannel_ready", "1 when subnet.env is written and the peers are programmed.", "gauge", f64::from(u8::from(self.ready())));
+        gauge(
+            "flannel_ready",
+            "1 when subnet.env is written and the peers are programmed.",
+            "gauge",
+            f64::from(u8::from(self.ready())),
+        );
         let s = self.reconcile_status().unwrap_or_default();
         gauge("flannel_leases", "Remote leases known.", "gauge", s.leases as f64);
-        gauge("flannel_desired_entries", "Kernel entries the known leases need.", "gauge", s.desired as f64);
-        gauge("flannel_installed_entries", "Owned kernel entries installed.", "gauge", s.installed as f64);
-        gauge("flannel_failed_ops", "Kernel changes of the last pass that failed.", "gauge", s.failed_ops as f64);
-        gauge("flannel_converged", "1 when the last reconcile pass succeeded.", "gauge", f64::from(u8::from(s.converged)));
-        gauge("flannel_reconcile_passes_total", "Reconcile passes run.", "counter", s.passes as f64);
-        gauge("flannel_drift_repairs_total", "Kernel objects put back after someone else changed them.", "counter", s.repairs as f64);
-        gauge("process_resident_memory_bytes", "Resident memory of flanneld.", "gauge", resident_bytes() as f64);
+        gauge(
+            "flannel_desired_entries",
+            "Kernel entries the known leases need.",
+            "gauge",
+            s.desired as f64,
+        );
+        gauge(
+            "flannel_installed_entries",
+            "Owned kernel entries installed.",
+            "gauge",
+            s.installed as f64,
+        );
+        gauge(
+            "flannel_failed_ops",
+            "Kernel changes of the last pass that failed.",
+            "gauge",
+            s.failed_ops as f64,
+        );
+        gauge(
+            "flannel_converged",
+            "1 when the last reconcile pass succeeded.",
+            "gauge",
+            f64::from(u8::from(s.converged)),
+        );
+        gauge(
+            "flannel_reconcile_passes_total",
+            "Reconcile passes run.",
+            "counter",
+            s.passes as f64,
+        );
+        gauge(
+            "flannel_drift_repairs_total",
+            "Kernel objects put back after someone else changed them.",
+            "counter",
+            s.repairs as f64,
+        );
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of flanneld.",
+            "gauge",
+            resident_bytes() as f64,
+        );
         out
     }
 }

@@ -18,7 +18,12 @@ pub mod rtnl;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum KernelError {
     #[error("{op} {object}: {message}")]
-    Failed { op: String, object: String, message: String, errno: Option<i32> },
+    Failed {
+        op: String,
+        object: String,
+        message: String,
+        errno: Option<i32>,
+    },
     #[error("opening netlink socket: {0}")]
     Socket(String),
 }
@@ -36,7 +41,10 @@ impl KernelError {
     }
     /// ENOENT / ESRCH / ENODEV: the object is already gone.
     pub fn is_not_found(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV))
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::ENODEV)
+        )
     }
 }
 
@@ -49,7 +57,11 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -64,12 +76,16 @@ impl std::str::FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("invalid MAC address {s:?}: expected six colon-separated bytes"));
+            return Err(format!(
+                "invalid MAC address {s:?}: expected six colon-separated bytes"
+            ));
         }
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
             if p.len() != 2 {
-                return Err(format!("invalid MAC address {s:?}: byte {p:?} is not two hex digits"));
+                return Err(format!(
+                    "invalid MAC address {s:?}: byte {p:?} is not two hex digits"
+                ));
             }
             out[i] = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("invalid MAC address {s:?}: byte {p:?} is not hex"))?;
@@ -230,7 +246,11 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::ReplaceRoute(r) | Op::DeleteRoute(r) => {
-                let verb = if matches!(self, Op::ReplaceRoute(_)) { "replace" } else { "delete" };
+                let verb = if matches!(self, Op::ReplaceRoute(_)) {
+                    "replace"
+                } else {
+                    "delete"
+                };
                 write!(f, "route {verb} {}", r.dst)?;
                 if let Some(gw) = r.gateway {
                     write!(f, " via {gw}")?;
@@ -244,7 +264,11 @@ impl fmt::Display for Op {
                 Ok(())
             }
             Op::ReplaceNeigh(n) | Op::DeleteNeigh(n) => {
-                let verb = if matches!(self, Op::ReplaceNeigh(_)) { "replace" } else { "delete" };
+                let verb = if matches!(self, Op::ReplaceNeigh(_)) {
+                    "replace"
+                } else {
+                    "delete"
+                };
                 write!(f, "neigh {verb} {} dev #{}", n.ip, n.index)?;
                 if let Some(mac) = n.mac {
                     write!(f, " lladdr {mac}")?;
@@ -252,7 +276,11 @@ impl fmt::Display for Op {
                 Ok(())
             }
             Op::ReplaceFdb(e) | Op::DeleteFdb(e) => {
-                let verb = if matches!(self, Op::ReplaceFdb(_)) { "replace" } else { "delete" };
+                let verb = if matches!(self, Op::ReplaceFdb(_)) {
+                    "replace"
+                } else {
+                    "delete"
+                };
                 write!(f, "fdb {verb} {} dev #{}", e.mac, e.index)?;
                 if let Some(dst) = e.dst {
                     write!(f, " dst {dst}")?;
@@ -267,7 +295,10 @@ impl fmt::Display for Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     LinkChanged(Link),
-    LinkDeleted { index: u32, name: String },
+    LinkDeleted {
+        index: u32,
+        name: String,
+    },
     AddrAdded(Addr),
     AddrDeleted(Addr),
     RouteAdded(Route),
@@ -320,6 +351,10 @@ pub trait Netlink: Send + Sync {
 
     /// Links, addresses and main-table routes in one call.
     async fn snapshot(&self) -> KResult<NetSnapshot> {
-        Ok(NetSnapshot { links: self.links().await?, addrs: self.addrs().await?, routes: self.routes().await? })
+        Ok(NetSnapshot {
+            links: self.links().await?,
+            addrs: self.addrs().await?,
+            routes: self.routes().await?,
+        })
     }
 }

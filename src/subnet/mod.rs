@@ -1,5 +1,5 @@
 //! Subnet managers: where this node's lease comes from and where the cluster's leases are read.
-//! Two implementations: etcd (`etcd`) and Kubernetes node annotations (`kube`, later).
+//! Two implementations: etcd (`etcd`) and Kubernetes node annotations (`kube`).
 //!
 //! Also the pure pieces shared by both: allocation (`alloc`) and subnet.env (`env_file`).
 //! Spec: flanneld-behaviour.md sections 4, 5, 6.
@@ -13,17 +13,22 @@ use crate::netconf::{NetConf, NetConfError};
 pub mod alloc;
 pub mod env_file;
 pub mod etcd;
+pub mod kube;
 
 /// Errors of a subnet manager; each names the key or object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetError {
     /// The network config is missing; the daemon keeps waiting.
-    #[error("network config not found at {key} (create it with the etcd v3 API, e.g. etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}')")]
+    #[error(
+        "network config not found at {key} (create it with the etcd v3 API, e.g. etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}')"
+    )]
     ConfigNotFound { key: String },
     /// The network config is present but invalid; the daemon keeps waiting (etcd) or exits (file).
     #[error("network config at {key} is invalid: {source}")]
     BadConfig { key: String, source: NetConfError },
-    #[error("out of subnets: the network config allows {total} subnets between {min} and {max}, and every one is leased")]
+    #[error(
+        "out of subnets: the network config allows {total} subnets between {min} and {max}, and every one is leased"
+    )]
     OutOfSubnets { total: u128, min: String, max: String },
     #[error("{0}")]
     Datastore(String),
@@ -96,6 +101,15 @@ pub trait SubnetManager: Send + Sync {
         Ok((None, None))
     }
 
+    /// The VTEP MACs (IPv4, IPv6 device) this node published in an earlier run (kube
+    /// `backend-data`/`backend-v6-data`), reused when the vxlan devices are created so peers' FDB
+    /// entries stay valid across a restart.
+    async fn stored_vtep_macs(
+        &self,
+    ) -> Result<(Option<crate::kernel::MacAddr>, Option<crate::kernel::MacAddr>), SubnetError> {
+        Ok((None, None))
+    }
+
     /// Acquire (or reuse) this node's lease with these attributes.
     async fn acquire_lease(&self, config: &NetConf, attrs: &LeaseAttrs) -> Result<Lease, SubnetError>;
 
@@ -104,5 +118,9 @@ pub trait SubnetManager: Send + Sync {
     fn watch_leases(&self) -> BoxStream<'static, LeaseBatch>;
 
     /// Keep the lease alive until `shutdown` (etcd renewal) or mark the node ready (kube).
-    async fn complete_lease(&self, lease: &Lease, shutdown: CancellationToken) -> Result<LeaseOutcome, SubnetError>;
+    async fn complete_lease(
+        &self,
+        lease: &Lease,
+        shutdown: CancellationToken,
+    ) -> Result<LeaseOutcome, SubnetError>;
 }

@@ -391,7 +391,11 @@ impl Testbed {
                 return routes;
             }
             if Instant::now() > deadline {
-                panic!("{} has routes {routes:?}, wanted {n}; log:\n{}", self.nodes[i].name, self.nodes[i].log());
+                panic!(
+                    "{} has routes {routes:?}, wanted {n}; log:\n{}",
+                    self.nodes[i].name,
+                    self.nodes[i].log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -465,4 +469,50 @@ pub fn parse_ping_summary(text: &str) -> (u64, u64) {
         }
     }
     (0, 0)
+}
+
+impl Testbed {
+    /// A counted ping: `count` echo requests every `interval` seconds (e.g. "0.01") from node `from`'s
+    /// pod to `to`. Unlike `pinger`, `Pinger::wait` lets it end by itself, so ping waits for the reply
+    /// to its last request and no in-flight packet is counted as lost.
+    pub fn pinger_count(&self, from: usize, to: Ipv4Addr, interval: &str, count: u64) -> Pinger {
+        let pod = self.nodes[from].pod.as_ref().expect("pod");
+        let child = pod
+            .spawn_cmd(&[
+                "ping",
+                "-q",
+                "-i",
+                interval,
+                "-c",
+                &count.to_string(),
+                &to.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting ping");
+        Pinger { child: Some(child) }
+    }
+}
+
+impl Pinger {
+    /// Waits up to `timeout` for a counted ping (`Testbed::pinger_count`) to end by itself, then
+    /// interrupts it; returns (sent, received) from its summary.
+    pub fn wait(mut self, timeout: Duration) -> (u64, u64) {
+        let mut child = self.child.take().expect("pinger");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
+        let out = child.wait_with_output().expect("waiting for ping");
+        parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
+    }
 }

@@ -247,7 +247,14 @@ impl Worker {
             self.apply(&ops, &installed, repairing).await
         };
         let fighting = self.note_repeats(&ops, failed_ops == 0 && errors.is_empty() && !lease_dirty);
+        let bulk = ops.len() >= crate::memory::BULK_OPS;
+        drop(ops);
+        drop(desired);
+        drop(installed);
         self.finish(errors, failed_ops, fighting);
+        if bulk {
+            crate::memory::release_free_memory();
+        }
     }
 
     async fn read(&self) -> KResult<(Vec<Entry>, crate::backend::Underlay)> {
