@@ -53,6 +53,8 @@ pub enum DaemonError {
     Lease(SubnetError),
     #[error("the Kubernetes subnet manager is not available in this build yet")]
     KubeNotAvailable,
+    #[error("setting up the firewall rules: {0}")]
+    Traffic(crate::traffic::TrafficError),
 }
 
 impl DaemonError {
@@ -97,12 +99,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     check_br_netfilter(&netconf)?;
 
     let netlink: Arc<dyn Netlink> = Arc::new(RtNetlink::new().map_err(DaemonError::Kernel)?);
+    // kube: the node annotations node-public-ip(v6) override --public-ip(v6) (spec 11.1 step 8).
+    let (stored_ip, stored_ipv6) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        stored = manager.stored_public_ips() => stored.map_err(DaemonError::SubnetManager)?,
+    };
     let request = IfaceRequest {
         iface: config.iface.clone(),
         iface_regex: config.iface_regex.clone(),
         iface_can_reach: config.iface_can_reach,
-        public_ip: config.public_ip,
-        public_ipv6: config.public_ipv6,
+        public_ip: stored_or_flag(stored_ip, config.public_ip)?,
+        public_ipv6: stored_or_flag(stored_ipv6, config.public_ipv6)?,
         ipv4: netconf.enable_ipv4,
         ipv6: netconf.enable_ipv6,
     };
@@ -112,7 +119,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         backend: netconf.backend_type.clone(),
         source: Box::new(source),
     };
-    let mut backend = backend::build(&netconf, &ext, None).map_err(backend_err)?;
+    // kube: reuse the VTEP MAC published by an earlier run, so peers' FDB entries stay valid.
+    let stored_mac = if netconf.backend_type == "vxlan" {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            macs = manager.stored_vtep_macs() => macs.map_err(DaemonError::SubnetManager)?.0,
+        }
+    } else {
+        None
+    };
+    let mut backend = backend::build(&netconf, &ext, stored_mac).map_err(backend_err)?;
     let attrs = backend.prepare(netlink.as_ref()).await.map_err(backend_err)?;
     let Some(lease) = acquire_lease(manager.as_ref(), &netconf, &attrs, &shutdown).await? else {
         return Ok(());
@@ -122,7 +138,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(backend_err)?;
 
-    // Firewall rules (ip-masq, forward) come with the traffic manager.
+    // Traffic manager (spec 11.1 step 10): the previous subnet.env is still unchanged here.
+    let previous = env_file::read_previous(&config.subnet_file);
+    let _traffic = crate::traffic::start(
+        &config,
+        &netconf,
+        &lease,
+        &previous,
+        netlink.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(DaemonError::Traffic)?;
 
     let contents = env_file::render(&netconf, &lease, mtu, config.ip_masq);
     match env_file::write_atomic(&config.subnet_file, contents.as_bytes()) {
@@ -174,13 +201,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// The etcd or Kubernetes subnet manager, as configured.
 async fn create_subnet_manager(config: &Config) -> Result<Arc<dyn SubnetManager>, DaemonError> {
     if config.kube_subnet_mgr {
-        return Err(DaemonError::KubeNotAvailable);
+        let options = crate::subnet::kube::KubeOptions::from_config(config);
+        let env = crate::subnet::kube::KubeEnv::from_process();
+        let manager = crate::subnet::kube::KubeSubnetManager::new(options, env)
+            .await
+            .map_err(|e| DaemonError::SubnetManager(e.into()))?;
+        return Ok(Arc::new(manager));
     }
     let previous = env_file::read_previous(&config.subnet_file);
     let manager = EtcdSubnetManager::connect(&config.etcd, previous, config.subnet_lease_renew_margin)
         .await
         .map_err(DaemonError::SubnetManager)?;
     Ok(Arc::new(manager))
+}
+
+/// A public IP stored by the subnet manager (kube annotation) wins over the flag's value.
+fn stored_or_flag<T: std::str::FromStr>(
+    stored: Option<String>,
+    flag: Option<T>,
+) -> Result<Option<T>, DaemonError> {
+    match stored {
+        None => Ok(flag),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            DaemonError::SubnetManager(SubnetError::Fatal(format!(
+                "the public IP {text:?} stored for this node is not a valid address"
+            )))
+        }),
+    }
 }
 
 /// Acquire the lease, retrying retriable errors with backoff (a datastore outage at startup

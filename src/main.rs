@@ -13,11 +13,21 @@ use flanneld::logging;
 
 fn main() -> ExitCode {
     flanneld::memory::limit_arenas();
+    // Installed under another name (the image's /opt/bin/install-conf, /opt/bin/mk-docker-opts.sh
+    // links): behave as that tool.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if let Some(tool) = flanneld::tools::Tool::for_program(&argv0) {
+        let argv: Vec<String> = std::env::args().collect();
+        return exit_code(tool.run(&argv));
+    }
     let args = match cli::args_from_os(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(err) => return usage_error(&err),
     };
     if let Some(name) = cli::subcommand(&args) {
+        if let Some(tool) = flanneld::tools::Tool::for_program(name) {
+            return exit_code(tool.run(&args));
+        }
         return run_subcommand(name);
     }
     let env = |name: &str| std::env::var(name).ok();

@@ -221,13 +221,13 @@ async fn waiting_for_the_config_ends_when_it_appears_or_on_shutdown() {
         cancel.cancel();
     });
     assert_eq!(
-        m.wait_for_network_config(&shutdown).await,
+        m.wait_for_config(&shutdown).await.expect("waiting is not fatal"),
         None,
         "shutdown ends the wait"
     );
 
     let shutdown = CancellationToken::new();
-    let waiting = m.wait_for_network_config(&shutdown);
+    let waiting = async { m.wait_for_config(&shutdown).await.expect("waiting is not fatal") };
     let writer = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         etcd.put(

@@ -324,7 +324,7 @@ fn mk_docker_opts_from_the_image_path_writes_docker_options() {
     let env = root.path().join("subnet.env");
     fs::write(
         &env,
-        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n",
+        "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n",
     )
     .unwrap();
     let out_file = root.path().join("docker_opts.env");
@@ -345,7 +345,7 @@ fn mk_docker_opts_from_the_image_path_writes_docker_options() {
     );
     assert_eq!(
         fs::read_to_string(&out_file).unwrap(),
-        "DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472\"\n"
+        "DOCKER_OPTS=\" --bip=198.18.74.1/24 --ip-masq=true --mtu=1472\"\n"
     );
 }
 

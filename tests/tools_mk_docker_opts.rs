@@ -24,17 +24,26 @@ fn no_routes() -> io::Result<String> {
     Ok(String::new())
 }
 
+/// `mk-docker-opts.sh -f <dir>/subnet.env -d <out>`.
+fn tool_args(dir: &Path, out: &Path) -> Vec<String> {
+    let env_file = dir.join("subnet.env");
+    [
+        "mk-docker-opts.sh",
+        "-f",
+        env_file.to_str().unwrap(),
+        "-d",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Runs the tool with `-f <dir>/subnet.env -d <dir>/docker_opts.env` plus `extra`, with an empty
 /// environment and routing table; returns the result and the output file's content.
 fn run_in(dir: &Path, extra: &[&str]) -> (Result<(), MkDockerOptsError>, Option<String>) {
     let out = dir.join("docker_opts.env");
-    let mut args = vec![
-        "mk-docker-opts.sh".to_string(),
-        "-f".into(),
-        dir.join("subnet.env").to_string_lossy().into_owned(),
-        "-d".into(),
-        out.to_string_lossy().into_owned(),
-    ];
+    let mut args = tool_args(dir, &out);
     args.extend(extra.iter().map(|s| s.to_string()));
     let result = run(&args, &[], &no_routes);
     (result, fs::read_to_string(&out).ok())
@@ -106,16 +115,7 @@ fn the_env_file_written_by_flanneld_with_ipv6_lines_is_read() {
 fn environment_variables_join_the_options_and_the_file_wins() {
     let dir = sample_dir();
     let out = dir.path().join("docker_opts.env");
-    let args: Vec<String> = [
-        "mk-docker-opts.sh",
-        "-f",
-        dir.path().join("subnet.env").to_str().unwrap(),
-        "-d",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tool_args(dir.path(), &out);
     let env = vec![
         ("DOCKER_OPT_DEBUG".to_string(), "--debug".to_string()),
         ("DOCKER_OPTS".to_string(), "--log-level=warn".to_string()),
@@ -176,16 +176,7 @@ fn an_invalid_ipmasq_keeps_the_previous_output_file() {
 fn an_unwritable_output_is_an_error_naming_it() {
     let dir = sample_dir();
     let out = dir.path().join("no-such-dir/docker_opts.env");
-    let args: Vec<String> = [
-        "mk-docker-opts.sh",
-        "-f",
-        dir.path().join("subnet.env").to_str().unwrap(),
-        "-d",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tool_args(dir.path(), &out);
     let err = run(&args, &[], &no_routes).unwrap_err();
     assert!(matches!(err, MkDockerOptsError::WriteDockerEnv { .. }), "{err}");
     assert!(err.to_string().contains("no-such-dir/docker_opts.env"), "{err}");
@@ -208,16 +199,7 @@ fn usage_errors_write_nothing() {
 fn a_failing_route_listing_only_skips_the_check() {
     let dir = sample_dir();
     let out = dir.path().join("docker_opts.env");
-    let args: Vec<String> = [
-        "mk-docker-opts.sh",
-        "-f",
-        dir.path().join("subnet.env").to_str().unwrap(),
-        "-d",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tool_args(dir.path(), &out);
     let failing = || -> io::Result<String> { Err(io::Error::other("no ip binary")) };
     run(&args, &[], &failing).unwrap();
     assert_eq!(fs::read_to_string(&out).unwrap(), DEFAULT_OUTPUT);
@@ -239,16 +221,7 @@ fn a_gateway_route_to_the_subnet_in_the_real_table_is_an_error() {
     )
     .unwrap();
     let out = dir.path().join("docker_opts.env");
-    let args: Vec<String> = [
-        "mk-docker-opts.sh",
-        "-f",
-        dir.path().join("subnet.env").to_str().unwrap(),
-        "-d",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tool_args(dir.path(), &out);
 
     let clean = {
         let args = args.clone();

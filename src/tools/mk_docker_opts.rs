@@ -128,12 +128,14 @@ pub fn mk_docker_opts_main(args: &[String]) -> i32 {
         .collect();
     match run(args, &env, &ip_route_show) {
         Ok(()) => 0,
+        // The usage text already starts with the program name.
+        Err(err @ MkDockerOptsError::Usage { .. }) => {
+            eprint!("{err}");
+            1
+        }
         Err(err) => {
-            let text = err.to_string();
-            eprint!("{text}");
-            if !text.ends_with('\n') {
-                eprintln!();
-            }
+            let program = args.first().map(String::as_str).unwrap_or("mk-docker-opts");
+            eprintln!("{program}: {err}");
             1
         }
     }
@@ -198,8 +200,7 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Options, MkDockerOpt
         let Some(cluster) = arg.strip_prefix('-').filter(|body| !body.is_empty()) else {
             break;
         };
-        let mut letters = cluster.char_indices();
-        while let Some((at, letter)) = letters.next() {
+        for (at, letter) in cluster.char_indices() {
             match letter {
                 'i' => options.individual = true,
                 'c' => options.combined = true,

@@ -10,9 +10,11 @@
 //! [`Tool::for_program`]). The tools print to stderr and never change the network or the kernel;
 //! mk-docker-opts only reads the routing table (`ip route show`).
 
+pub mod diag;
 pub mod install_conf;
 pub mod mk_docker_opts;
 
+pub use diag::diag_main;
 pub use install_conf::install_conf_main;
 pub use mk_docker_opts::mk_docker_opts_main;
 
@@ -21,6 +23,7 @@ pub use mk_docker_opts::mk_docker_opts_main;
 pub enum Tool {
     InstallConf,
     MkDockerOpts,
+    Diag,
 }
 
 /// The program names (basename of argv[0]) under which the image installs symlinks to flanneld,
@@ -30,6 +33,7 @@ pub const PROGRAM_NAMES: &[(&str, Tool)] = &[
     ("install-conf", Tool::InstallConf),
     ("mk-docker-opts.sh", Tool::MkDockerOpts),
     ("mk-docker-opts", Tool::MkDockerOpts),
+    ("diag", Tool::Diag),
 ];
 
 impl Tool {
@@ -48,6 +52,7 @@ impl Tool {
         match self {
             Tool::InstallConf => install_conf_main(args),
             Tool::MkDockerOpts => mk_docker_opts_main(args),
+            Tool::Diag => diag_main(args),
         }
     }
 }

@@ -20,7 +20,7 @@ struct NftFamily {
 pub(super) struct NftablesMode {
     nft: String,
     runner: Runner,
-    /// Families with a configured network: their tables are kept in shape.
+    /// Families with a configured network and at least one chain: their tables are kept in shape.
     watched: Vec<NftFamily>,
 }
 
@@ -64,12 +64,14 @@ impl NftablesMode {
                         info!(%family, network = %nets.network, "nftables: setting up forward accept rules");
                     }
                     let chains = rules::nft_chains(nets, &choice);
-                    let transaction = nftables::install_transaction(family, &chains);
-                    mode.watched.push(NftFamily {
-                        family,
-                        transaction: transaction.clone(),
-                        recorded: None,
-                    });
+                    if !chains.is_empty() {
+                        let transaction = nftables::install_transaction(family, &chains);
+                        mode.watched.push(NftFamily {
+                            family,
+                            transaction,
+                            recorded: None,
+                        });
+                    }
                     chains
                 }
                 None => Vec::new(),

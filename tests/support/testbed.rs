@@ -516,3 +516,59 @@ impl Pinger {
         parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
     }
 }
+
+/// Traffic-manager helpers (appended for tests/traffic_e2e.rs).
+impl Testbed {
+    /// An "outside" host on the underlay: a namespace on the switch that owns the nodes' default
+    /// gateway address 192.0.2.254 and `outside_ip` (on its loopback), with no route back to the
+    /// pod network. Pod traffic reaches it and is answered only when the node masquerades it.
+    pub fn add_outside(&self, tag: &str, outside_ip: &str) -> Netns {
+        let outside = Netns::new(&format!("{tag}-out"));
+        veth(&self.switch, "out", &outside, "eth0");
+        self.switch.sh("ip link set out master br0");
+        outside.sh(&format!(
+            "ip addr add 192.0.2.254/24 dev eth0 && ip addr add {outside_ip}/32 dev lo"
+        ));
+        outside
+    }
+
+    /// Starts flanneld on node `i` like `start_daemon`, with extra environment variables (for
+    /// example a PATH whose first directory wraps the firewall tools).
+    pub fn start_daemon_with_env(&mut self, i: usize, env: &[(String, String)]) {
+        let flanneld = self.flanneld.clone();
+        let node = &mut self.nodes[i];
+        assert!(node.daemon.is_none(), "daemon on {} already running", node.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_file())
+            .expect("opening daemon log");
+        let mut args = vec![
+            format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
+            format!("--subnet-file={}", node.subnet_file().display()),
+        ];
+        args.extend(node.args.iter().cloned());
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && exec {} {}",
+            flanneld.display(),
+            args.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let child = node
+            .ns
+            .spawn_cmd(&["unshare", "-m", "--propagation", "private", "sh", "-c", &script])
+            .env(
+                "RUST_LOG",
+                std::env::var("FLANNELD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting flanneld");
+        node.daemon = Some(child);
+    }
+}

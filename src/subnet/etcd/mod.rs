@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{BoxStream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -53,9 +53,6 @@ pub const LEASE_TTL_SECS: i64 = 86_400;
 const MAX_CONFLICTS: u32 = 10;
 /// Parallel lease-TTL lookups while listing.
 const TTL_LOOKUPS_IN_FLIGHT: usize = 16;
-/// How often `wait_for_network_config` retries, and how often it repeats an unchanged reason.
-const CONFIG_RETRY: Duration = Duration::from_secs(1);
-const CONFIG_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Exponential backoff for reconnects and retries: doubling from `min` up to `max`.
 #[derive(Debug, Clone)]
@@ -222,36 +219,6 @@ impl EtcdSubnetManager {
     /// The key of the network config, e.g. `/coreos.com/network/config`.
     pub fn config_key(&self) -> &str {
         &self.shared.layout.config
-    }
-
-    /// Read the network config until it is present and valid, retrying every second and saying
-    /// why at most every ~10 s (or when the reason changes). `None` when `shutdown` fires first.
-    pub async fn wait_for_network_config(&self, shutdown: &CancellationToken) -> Option<NetConf> {
-        let mut last_logged: Option<(Instant, String)> = None;
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                attempt = self.network_config() => attempt,
-            };
-            match attempt {
-                Ok(config) => return Some(config),
-                Err(e) => {
-                    let reason = e.to_string();
-                    let due = match &last_logged {
-                        None => true,
-                        Some((at, previous)) => *previous != reason || at.elapsed() >= CONFIG_LOG_EVERY,
-                    };
-                    if due {
-                        tracing::warn!(key = %self.shared.layout.config, error = %reason, "waiting for the network config");
-                        last_logged = Some((Instant::now(), reason));
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(CONFIG_RETRY) => {}
-            }
-        }
     }
 
     async fn read_config(&self) -> Result<NetConf, SubnetError> {

@@ -17,6 +17,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::annotations::{self, AnnotationNames, NodeInfo};
 use crate::lease::{Lease, LeaseBatch, LeaseEvent};
 
+/// What a node is to flannel.
+enum Seen {
+    Lease(Lease),
+    /// Not annotated `kube-subnet-manager=true`.
+    Unmanaged,
+    /// Managed, but its annotations or pod CIDRs do not make a lease.
+    Unusable,
+}
+
 pub(crate) struct LeaseView {
     names: AnnotationNames,
     enable_ipv4: bool,
@@ -47,17 +56,16 @@ impl LeaseView {
         }
     }
 
-    /// The node's lease; `None` when it is not managed by flannel. A node that cannot be turned
-    /// into a lease keeps its previous lease (`Err` carries it).
-    fn lease_of(&mut self, node: &NodeInfo) -> Result<Option<Lease>, Option<Lease>> {
+    /// What the node is to flannel (a bad node is warned about once per distinct error).
+    fn lease_of(&mut self, node: &NodeInfo) -> Seen {
         if !annotations::is_managed(&self.names, node) {
             self.warned.remove(&node.name);
-            return Ok(None);
+            return Seen::Unmanaged;
         }
         match annotations::node_lease(&self.names, node, self.enable_ipv4, self.enable_ipv6) {
             Ok(lease) => {
                 self.warned.remove(&node.name);
-                Ok(Some(lease))
+                Seen::Lease(lease)
             }
             Err(e) => {
                 let text = e.to_string();
@@ -71,7 +79,7 @@ impl LeaseView {
                     );
                     self.warned.insert(node.name.clone(), text);
                 }
-                Err(self.current.get(&node.name).cloned())
+                Seen::Unusable
             }
         }
     }
@@ -81,8 +89,10 @@ impl LeaseView {
         let mut next = BTreeMap::new();
         for node in nodes {
             let lease = match self.lease_of(node) {
-                Ok(lease) => lease,
-                Err(kept) => kept,
+                Seen::Lease(lease) => Some(lease),
+                Seen::Unmanaged => None,
+                // Keep the last good lease of a node that turned unusable.
+                Seen::Unusable => self.current.get(&node.name).cloned(),
             };
             if let Some(lease) = lease {
                 next.insert(node.name.clone(), lease);
@@ -98,18 +108,18 @@ impl LeaseView {
     /// A node was added or modified.
     pub(crate) fn apply(&mut self, node: &NodeInfo) {
         match self.lease_of(node) {
-            Ok(Some(lease)) => {
+            Seen::Lease(lease) => {
                 if self.current.get(&node.name) != Some(&lease) {
                     self.current.insert(node.name.clone(), lease);
                     self.dirty.insert(node.name.clone());
                 }
             }
-            Ok(None) => {
+            Seen::Unmanaged => {
                 if self.current.remove(&node.name).is_some() {
                     self.dirty.insert(node.name.clone());
                 }
             }
-            Err(_) => {}
+            Seen::Unusable => {}
         }
     }
 

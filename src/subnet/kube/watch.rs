@@ -30,6 +30,8 @@ use crate::subnet::etcd::Backoff;
 const WATCH_TIMEOUT_SECS: u32 = 290;
 /// Silence beyond the server timeout after which the connection is presumed dead.
 const WATCH_IDLE_MARGIN: Duration = Duration::from_secs(30);
+/// A watch the server ends sooner than this is reopened only after a backoff pause.
+const QUICK_CLOSE: Duration = Duration::from_secs(1);
 /// Pause between attempts to restore this node's annotations.
 const UPKEEP_RETRY: Duration = Duration::from_secs(3);
 
@@ -150,7 +152,7 @@ async fn follow(
                 }
             };
             let idle = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + WATCH_IDLE_MARGIN;
-            let mut received = 0usize;
+            let opened = tokio::time::Instant::now();
             loop {
                 let item = match tokio::time::timeout(idle, events.next()).await {
                     Err(_) => {
@@ -160,14 +162,13 @@ async fn follow(
                     Ok(None) => {
                         // The server closed the watch (its timeout): resume. A server that closes
                         // every watch at once gets a pause, not a busy loop.
-                        if received == 0 {
+                        if opened.elapsed() < QUICK_CLOSE {
                             tokio::time::sleep(backoff.next_delay()).await;
                         }
                         continue 'watch;
                     }
                     Ok(Some(item)) => item,
                 };
-                received += 1;
                 match item {
                     NodeWatchItem::Applied(node) => {
                         backoff.reset();

@@ -5,6 +5,8 @@
 //!
 //! No I/O and no kube types: nodes arrive as `NodeInfo`, patches leave as JSON values. The client
 //! (`client.rs`) translates. Every error names the node, the field or annotation and the value.
+//! Files: this one (names, annotations to publish, stored values, patches) and `lease` (pod CIDRs,
+//! the own lease, remote nodes as leases).
 //!
 //! Deviations (stricter or clearer, never a different result for valid input):
 //! - a node with two pod CIDRs of one family uses the first (upstream: the first for remote nodes,
@@ -17,15 +19,13 @@
 //!   identical for the default prefix) and decoded as JSON.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
 
 use crate::kernel::MacAddr;
-use crate::lease::{Lease, LeaseAttrs, parse_vxlan_backend_data};
-use crate::netconf::NetConf;
+use crate::lease::{LeaseAttrs, parse_vxlan_backend_data};
 
 /// The default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -175,137 +175,14 @@ impl NodeInfo {
     pub fn annotation(&self, name: &str) -> &str {
         self.annotations.get(name).map(String::as_str).unwrap_or("")
     }
-}
 
-/// A node's pod CIDRs by family (network addresses, host bits cleared as Go's ParseCIDR does).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PodCidrs {
-    pub v4: Option<Ipv4Net>,
-    pub v6: Option<Ipv6Net>,
-}
-
-/// The node's pod CIDRs: `spec.podCIDRs` (1 or 2 entries), else `spec.podCIDR` (spec 6.4 step 3).
-pub fn pod_cidrs(node: &NodeInfo) -> Result<PodCidrs, AnnotationError> {
-    let (field, entries): (&'static str, Vec<&str>) = if node.pod_cidrs.is_empty() {
-        (
-            "spec.podCIDR",
-            vec![node.pod_cidr.as_str()]
-                .into_iter()
-                .filter(|c| !c.is_empty())
-                .collect(),
-        )
-    } else {
-        (
-            "spec.podCIDRs",
-            node.pod_cidrs.iter().map(String::as_str).collect(),
-        )
-    };
-    if entries.is_empty() {
-        return Err(AnnotationError::NoPodCidr {
-            node: node.name.clone(),
-        });
-    }
-    if entries.len() > 2 {
-        return Err(AnnotationError::TooManyPodCidrs {
-            node: node.name.clone(),
-            cidrs: node.pod_cidrs.clone(),
-        });
-    }
-    let mut out = PodCidrs::default();
-    for entry in entries {
-        let bad = || AnnotationError::BadPodCidr {
-            node: node.name.clone(),
-            field,
-            value: entry.to_string(),
-        };
-        match entry.parse::<IpNet>().map_err(|_| bad())? {
-            IpNet::V4(net) => {
-                out.v4.get_or_insert(net.trunc());
-            }
-            IpNet::V6(net) => {
-                out.v6.get_or_insert(net.trunc());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Upstream's containsCIDR: `inner` lies inside `outer` (same family, at least as long a prefix).
-pub fn contains_cidr(outer: &IpNet, inner: &IpNet) -> bool {
-    outer.contains(inner)
-}
-
-/// This node's lease from its pod CIDRs, checked against the net config (spec 6.4 step 5). Kube
-/// leases do not expire (`expiration` is `None`).
-pub fn own_lease(node: &NodeInfo, config: &NetConf, attrs: &LeaseAttrs) -> Result<Lease, AnnotationError> {
-    let cidrs = pod_cidrs(node)?;
-    let all_cidrs = || {
-        if node.pod_cidrs.is_empty() {
-            vec![node.pod_cidr.clone()]
+    /// The pod CIDRs as the node lists them (`spec.podCIDRs`, else `spec.podCIDR`), for messages.
+    pub fn listed_pod_cidrs(&self) -> Vec<String> {
+        if self.pod_cidrs.is_empty() {
+            vec![self.pod_cidr.clone()]
         } else {
-            node.pod_cidrs.clone()
+            self.pod_cidrs.clone()
         }
-    };
-    let subnet = if config.enable_ipv4 {
-        let cidr = cidrs.v4.ok_or_else(|| AnnotationError::MissingPodCidr {
-            node: node.name.clone(),
-            family: "IPv4",
-            cidrs: all_cidrs(),
-        })?;
-        check_inside(
-            node,
-            "IPv4",
-            "Network",
-            config.network.map(IpNet::V4),
-            IpNet::V4(cidr),
-        )?;
-        Some(cidr)
-    } else {
-        None
-    };
-    let ipv6_subnet = if config.enable_ipv6 {
-        let cidr = cidrs.v6.ok_or_else(|| AnnotationError::MissingPodCidr {
-            node: node.name.clone(),
-            family: "IPv6",
-            cidrs: all_cidrs(),
-        })?;
-        check_inside(
-            node,
-            "IPv6",
-            "IPv6Network",
-            config.ipv6_network.map(IpNet::V6),
-            IpNet::V6(cidr),
-        )?;
-        Some(cidr)
-    } else {
-        None
-    };
-    Ok(Lease {
-        enable_ipv4: config.enable_ipv4,
-        enable_ipv6: config.enable_ipv6,
-        subnet,
-        ipv6_subnet,
-        attrs: attrs.clone(),
-        expiration: None,
-    })
-}
-
-fn check_inside(
-    node: &NodeInfo,
-    family: &'static str,
-    key: &'static str,
-    network: Option<IpNet>,
-    cidr: IpNet,
-) -> Result<(), AnnotationError> {
-    match network {
-        Some(network) if contains_cidr(&network, &cidr) => Ok(()),
-        network => Err(AnnotationError::NotInNetwork {
-            node: node.name.clone(),
-            family,
-            key,
-            network: network.map_or_else(|| "unset".to_string(), |n| n.to_string()),
-            cidr: cidr.to_string(),
-        }),
     }
 }
 
@@ -401,88 +278,6 @@ pub fn annotations_patch(changes: &BTreeMap<String, String>) -> serde_json::Valu
 /// Whether flannel manages the node (`<prefix>kube-subnet-manager` is exactly `true`).
 pub fn is_managed(names: &AnnotationNames, node: &NodeInfo) -> bool {
     node.annotation(&names.subnet_kube_managed) == "true"
-}
-
-/// A remote node as a lease (spec 6.5); `enable_ipv4`/`enable_ipv6` come from the local config.
-pub fn node_lease(
-    names: &AnnotationNames,
-    node: &NodeInfo,
-    enable_ipv4: bool,
-    enable_ipv6: bool,
-) -> Result<Lease, AnnotationError> {
-    let bad = |annotation: &str, reason: String| AnnotationError::BadAnnotation {
-        node: node.name.clone(),
-        annotation: annotation.to_string(),
-        value: node.annotation(annotation).to_string(),
-        reason,
-    };
-    let backend_type = node.annotation(&names.backend_type).to_string();
-    let checked_data = |annotation: &str| -> Result<Option<String>, AnnotationError> {
-        let text = node.annotation(annotation);
-        if text.is_empty() || text == "null" {
-            return Ok(None);
-        }
-        serde_json::from_str::<&serde_json::value::RawValue>(text)
-            .map_err(|e| bad(annotation, format!("not JSON: {e}")))?;
-        if backend_type == "vxlan" {
-            parse_vxlan_backend_data(text).map_err(|e| bad(annotation, e.to_string()))?;
-        }
-        Ok(Some(text.to_string()))
-    };
-    let cidrs = pod_cidrs(node)?;
-    let all_cidrs = || {
-        if node.pod_cidrs.is_empty() {
-            vec![node.pod_cidr.clone()]
-        } else {
-            node.pod_cidrs.clone()
-        }
-    };
-    let mut attrs = LeaseAttrs {
-        backend_type: backend_type.clone(),
-        ..LeaseAttrs::default()
-    };
-    let mut lease = Lease {
-        enable_ipv4,
-        enable_ipv6,
-        subnet: None,
-        ipv6_subnet: None,
-        attrs: LeaseAttrs::default(),
-        expiration: None,
-    };
-    if enable_ipv4 {
-        let text = node.annotation(&names.backend_public_ip);
-        attrs.public_ip = match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => ip,
-            Ok(IpAddr::V6(ip)) => ip
-                .to_ipv4_mapped()
-                .ok_or_else(|| bad(&names.backend_public_ip, "not an IPv4 address".into()))?,
-            Err(_) if text.is_empty() => return Err(bad(&names.backend_public_ip, "missing".into())),
-            Err(_) => return Err(bad(&names.backend_public_ip, "not an IPv4 address".into())),
-        };
-        attrs.backend_data = checked_data(&names.backend_data)?;
-        lease.subnet = Some(cidrs.v4.ok_or_else(|| AnnotationError::MissingPodCidr {
-            node: node.name.clone(),
-            family: "IPv4",
-            cidrs: all_cidrs(),
-        })?);
-    }
-    if enable_ipv6 {
-        let text = node.annotation(&names.backend_public_ipv6);
-        attrs.public_ipv6 = Some(match text.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => ip,
-            Ok(IpAddr::V4(ip)) => ip.to_ipv6_mapped(),
-            Err(_) if text.is_empty() => return Err(bad(&names.backend_public_ipv6, "missing".into())),
-            Err(_) => return Err(bad(&names.backend_public_ipv6, "not an IPv6 address".into())),
-        });
-        attrs.backend_v6_data = checked_data(&names.backend_v6_data)?;
-        lease.ipv6_subnet = Some(cidrs.v6.ok_or_else(|| AnnotationError::MissingPodCidr {
-            node: node.name.clone(),
-            family: "IPv6",
-            cidrs: all_cidrs(),
-        })?);
-    }
-    lease.attrs = attrs;
-    Ok(lease)
 }
 
 /// The operator's public IPs for this node (`node-public-ip`, `node-public-ipv6`), non-empty only,
@@ -581,6 +376,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
+
+mod lease;
+
+pub use lease::{PodCidrs, contains_cidr, node_lease, own_lease, pod_cidrs};
 
 #[cfg(test)]
 mod tests;
