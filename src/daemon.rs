@@ -51,8 +51,6 @@ pub enum DaemonError {
     },
     #[error("acquiring a lease: {0}")]
     Lease(SubnetError),
-    #[error("the Kubernetes subnet manager is not available in this build yet")]
-    KubeNotAvailable,
     #[error("setting up the firewall rules: {0}")]
     Traffic(crate::traffic::TrafficError),
 }

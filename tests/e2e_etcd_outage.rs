@@ -101,4 +101,10 @@ fn etcd_down_for_20s_loses_no_packet_and_the_daemons_converge_after() {
             tb.nodes[i].name
         );
     }
+    let log = tb.nodes[0].log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).take(10).collect();
+    println!(
+        "node1's first warnings (the outage as the daemon saw it):\n  {}",
+        warnings.join("\n  ")
+    );
 }

@@ -217,6 +217,21 @@ async fn api_errors_are_retriable_and_name_the_request() {
         "{err}"
     );
     m.acquire_lease(&conf(), &vxlan_attrs("192.0.2.1")).await.unwrap();
+
+    // An unreachable API server: the error names the request and the URL.
+    let mut options = fx.options();
+    options.api_url = Some("http://127.0.0.1:1".into());
+    let m = KubeSubnetManager::new(options, env("flannel1")).await.unwrap();
+    let err = m
+        .acquire_lease(&conf(), &vxlan_attrs("192.0.2.1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("getting node \"flannel1\" from http://127.0.0.1:1/"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -211,21 +211,32 @@ impl KubeClient {
 
     /// GET the node; `Ok(None)` when it does not exist.
     pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>, ClientError> {
-        timed(format!("getting node {name:?}"), self.nodes.get_opt(name))
-            .await
-            .map(|node| node.map(node_info))
+        timed(
+            format!("getting node {name:?} from {}", self.url),
+            self.nodes.get_opt(name),
+        )
+        .await
+        .map(|node| node.map(node_info))
     }
 
     /// GET the pod and return its `spec.nodeName` (`None` when unset).
     pub async fn pod_node_name(&self, namespace: &str, name: &str) -> Result<Option<String>, ClientError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod = timed(format!("getting pod {namespace}/{name}"), pods.get(name)).await?;
+        let pod = timed(
+            format!("getting pod {namespace}/{name} from {}", self.url),
+            pods.get(name),
+        )
+        .await?;
         Ok(pod.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()))
     }
 
     /// LIST every node.
     pub async fn list_nodes(&self) -> Result<NodeListing, ClientError> {
-        let list = timed("listing nodes", self.nodes.list(&ListParams::default())).await?;
+        let list = timed(
+            format!("listing nodes from {}", self.url),
+            self.nodes.list(&ListParams::default()),
+        )
+        .await?;
         Ok(NodeListing {
             resource_version: list.metadata.resource_version.unwrap_or_default(),
             nodes: list.items.into_iter().map(node_info).collect(),
@@ -239,7 +250,10 @@ impl KubeClient {
         timeout_secs: u32,
     ) -> Result<BoxStream<'static, NodeWatchItem>, ClientError> {
         let params = WatchParams::default().timeout(timeout_secs);
-        let action = format!("watching nodes from resource version {resource_version}");
+        let action = format!(
+            "watching nodes at {} from resource version {resource_version}",
+            self.url
+        );
         let events = timed(action.clone(), self.nodes.watch(&params, resource_version)).await?;
         Ok(events
             .map(move |event| match event {
@@ -263,7 +277,7 @@ impl KubeClient {
     pub async fn patch_node_status(&self, name: &str, patch: &serde_json::Value) -> Result<(), ClientError> {
         let params = PatchParams::default();
         timed(
-            format!("patching node {name:?} status"),
+            format!("patching node {name:?} status at {}", self.url),
             self.nodes.patch_status(name, &params, &Patch::Strategic(patch)),
         )
         .await
