@@ -25,6 +25,7 @@ use crate::kernel::rtnl::RtNetlink;
 use crate::lease::{Lease, LeaseWatcher};
 use crate::netconf::NetConf;
 use crate::status::DaemonStatus;
+use crate::subnet::env_file::PreviousSubnets;
 use crate::subnet::etcd::EtcdSubnetManager;
 use crate::subnet::{LeaseOutcome, SubnetError, SubnetManager, env_file};
 
@@ -68,7 +69,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     install_signal_handlers(shutdown.clone());
     let status = Arc::new(DaemonStatus::default());
 
-    let manager = create_subnet_manager(&config).await?;
+    // What the previous run left in subnet.env: the etcd manager's preferred subnet and the
+    // traffic manager's old rules to recycle (read before this run rewrites the file).
+    let previous = env_file::read_previous(&config.subnet_file);
+    let manager = create_subnet_manager(&config, &previous).await?;
     info!(manager = %manager.name(), "created subnet manager");
 
     if config.healthz_port > 0 {
@@ -136,8 +140,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(backend_err)?;
 
-    // Traffic manager (spec 11.1 step 10): the previous subnet.env is still unchanged here.
-    let previous = env_file::read_previous(&config.subnet_file);
+    // Traffic manager (spec 11.1 step 10).
     let _traffic = crate::traffic::start(
         &config,
         &netconf,
@@ -197,7 +200,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// The etcd or Kubernetes subnet manager, as configured.
-async fn create_subnet_manager(config: &Config) -> Result<Arc<dyn SubnetManager>, DaemonError> {
+async fn create_subnet_manager(
+    config: &Config,
+    previous: &PreviousSubnets,
+) -> Result<Arc<dyn SubnetManager>, DaemonError> {
     if config.kube_subnet_mgr {
         let options = crate::subnet::kube::KubeOptions::from_config(config);
         let env = crate::subnet::kube::KubeEnv::from_process();
@@ -206,10 +212,10 @@ async fn create_subnet_manager(config: &Config) -> Result<Arc<dyn SubnetManager>
             .map_err(|e| DaemonError::SubnetManager(e.into()))?;
         return Ok(Arc::new(manager));
     }
-    let previous = env_file::read_previous(&config.subnet_file);
-    let manager = EtcdSubnetManager::connect(&config.etcd, previous, config.subnet_lease_renew_margin)
-        .await
-        .map_err(DaemonError::SubnetManager)?;
+    let manager =
+        EtcdSubnetManager::connect(&config.etcd, previous.clone(), config.subnet_lease_renew_margin)
+            .await
+            .map_err(DaemonError::SubnetManager)?;
     Ok(Arc::new(manager))
 }
 
