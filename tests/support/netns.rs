@@ -88,6 +88,17 @@ impl Netns {
     pub fn spawn_cmd(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(argv);
+        // Daemons, etcd and pingers must not outlive a test process that is killed outright (its
+        // Drop guards never run then). `ip netns exec`, `unshare` and `sh -c exec` all exec in
+        // place, so the signal reaches the final program.
+        // SAFETY: prctl is async-signal-safe and touches only the child being spawned.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         cmd
     }
 }
