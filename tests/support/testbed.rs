@@ -233,42 +233,7 @@ impl Testbed {
 
     /// Starts flanneld on node `i` (private /run, own subnet file, log in the node dir).
     pub fn start_daemon(&mut self, i: usize) {
-        let flanneld = self.flanneld.clone();
-        let node = &mut self.nodes[i];
-        assert!(node.daemon.is_none(), "daemon on {} already running", node.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.log_file())
-            .expect("opening daemon log");
-        let mut args = vec![
-            format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
-            format!("--subnet-file={}", node.subnet_file().display()),
-        ];
-        args.extend(node.args.iter().cloned());
-        // A private /run so nodes do not share lock or key files; `exec` keeps the pid the same so
-        // signals reach flanneld itself.
-        let script = format!(
-            "mount -t tmpfs tmpfs /run && exec {} {}",
-            flanneld.display(),
-            args.iter()
-                .map(|a| format!("'{a}'"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let child = node
-            .ns
-            .spawn_cmd(&["unshare", "-m", "--propagation", "private", "sh", "-c", &script])
-            .env(
-                "RUST_LOG",
-                std::env::var("FLANNELD_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting flanneld");
-        node.daemon = Some(child);
+        self.start_daemon_with_env(i, &[]);
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to node `i`'s daemon and waits for it to exit.
@@ -548,6 +513,8 @@ impl Testbed {
             format!("--subnet-file={}", node.subnet_file().display()),
         ];
         args.extend(node.args.iter().cloned());
+        // A private /run so nodes do not share lock or key files; `exec` keeps the pid the same so
+        // signals reach flanneld itself.
         let script = format!(
             "mount -t tmpfs tmpfs /run && exec {} {}",
             flanneld.display(),
