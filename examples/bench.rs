@@ -49,11 +49,11 @@ fn lease(i: u32) -> (String, String) {
     (key, value)
 }
 
-/// Runs etcd puts from a thread inside the etcd namespace (the bench process itself stays in the
-/// root namespace and never talks to the underlay directly).
 /// A batch of key/value pairs to write, and where to report the instant the write started.
 type WriteRequest = (Vec<(String, String)>, mpsc::Sender<Instant>);
 
+/// Runs etcd puts from a thread inside the etcd namespace (the bench process itself stays in the
+/// root namespace and never talks to the underlay directly).
 struct EtcdWriter {
     tx: mpsc::Sender<WriteRequest>,
 }
@@ -194,18 +194,24 @@ fn ip_batch(n: u32) -> Duration {
     elapsed
 }
 
-fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
+/// A one-node vxlan testbed (no daemon started yet) and a writer into its etcd.
+fn one_node(flanneld: &str, tag: &str) -> (Testbed, EtcdWriter) {
     let mut tb = Testbed::new(TestbedOptions {
         nodes: 1,
         flanneld: flanneld.into(),
-        tag: "bench".into(),
+        tag: tag.into(),
     });
     tb.put_config(&format!(
         r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#
     ));
-    let writer = EtcdWriter::new(&tb.etcd_ns);
-    writer.put((0..n).map(lease).collect());
     tb.nodes[0].args = vec!["--iface=eth0".into()];
+    let writer = EtcdWriter::new(&tb.etcd_ns);
+    (tb, writer)
+}
+
+fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
+    let (mut tb, writer) = one_node(flanneld, "bench");
+    writer.put((0..n).map(lease).collect());
     let started = Instant::now();
     tb.start_daemon(0);
     let deadline = started + Duration::from_secs(120);
@@ -231,16 +237,7 @@ fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
 }
 
 fn latency(flanneld: &str, samples: u32) -> Vec<Duration> {
-    let mut tb = Testbed::new(TestbedOptions {
-        nodes: 1,
-        flanneld: flanneld.into(),
-        tag: "benchlat".into(),
-    });
-    tb.put_config(&format!(
-        r#"{{"Network": "{NETWORK}", "SubnetLen": {SUBNET_LEN}, "Backend": {{"Type": "vxlan"}}}}"#
-    ));
-    let writer = EtcdWriter::new(&tb.etcd_ns);
-    tb.nodes[0].args = vec!["--iface=eth0".into()];
+    let (mut tb, writer) = one_node(flanneld, "benchlat");
     tb.start_daemon(0);
     tb.wait_subnet_env(0, Duration::from_secs(60));
     let mut monitor = tb.nodes[0]

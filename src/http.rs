@@ -52,7 +52,16 @@ pub async fn serve(listener: TcpListener, status: Arc<dyn StatusSource>, shutdow
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => {
-                let Ok((stream, _peer)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: the error repeats at once, so
+                        // pause instead of spinning on it.
+                        tracing::warn!("health server: accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let status = status.clone();
                 tokio::spawn(async move {
                     // A slow or stuck client must not keep a task forever.

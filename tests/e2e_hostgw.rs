@@ -1,13 +1,14 @@
 //! End to end, host-gw backend (spec 9.2, 3.2, 4.1): three real flanneld daemons in network
 //! namespaces with a real etcd. Checks that every pod pings every other pod, that each node has
 //! exactly one `<peer subnet> via <peer PublicIP> dev eth0` route per peer (and no vxlan device),
-//! that the etcd values are byte-compatible, that a node leaving or joining shows up on every peer,
-//! and that a route deleted by hand comes back.
+//! that the etcd values are byte-compatible, that a node leaving or joining shows up on every peer
+//! (scenarios shared with the vxlan tests, e2e_common/scenarios.rs), and that a route deleted by
+//! hand comes back.
 
 mod e2e_common;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e_common::*;
 
@@ -16,41 +17,7 @@ fn hostgw_three_nodes_match_the_spec_and_every_pod_pings_every_other() {
     let Some(_serial) = serial_or_skip("hostgw_three_nodes") else {
         return;
     };
-    let mut tb = testbed("e2ehg", 3, "host-gw");
-    let started = Instant::now();
-    start(&mut tb, &[0, 1, 2]);
-    let took = wait_hostgw_mesh(&tb, &[0, 1, 2], CONVERGE);
-    println!(
-        "3 host-gw nodes programmed exactly as spec 9.2 after {:?} (listings matched {took:?} after ready)",
-        started.elapsed()
-    );
-    let all = leases(&tb);
-    assert_eq!(all.len(), 3, "one lease per node: {all:#?}");
-    for lease in &all {
-        assert_eq!(
-            lease.key,
-            format!("{}-24", lease.network),
-            "key format of spec 3.1"
-        );
-        println!("  {} = {}", lease.full_key(), lease.value);
-    }
-    for i in 0..3 {
-        println!(
-            "{}:\n{}",
-            tb.nodes[i].name,
-            tb.nodes[i].ns.sh("ip route show root 198.18.0.0/15")
-        );
-    }
-
-    add_pods(&mut tb, &[0, 1, 2], "e2ehg");
-    let failed = ping_matrix(&tb, &[0, 1, 2]);
-    assert!(
-        failed.is_empty(),
-        "pods that could not ping each other: {failed:?}\n{}",
-        logs(&tb, &[0, 1, 2])
-    );
-    let problems = hostgw_problems(&tb, &[0, 1, 2]);
-    assert!(problems.is_empty(), "after the pings: {problems:#?}");
+    three_nodes_match_the_spec_and_ping(Backend::HostGw, "e2ehg");
 }
 
 #[test]
@@ -58,40 +25,7 @@ fn hostgw_node_leaving_and_joining_shows_on_every_peer() {
     let Some(_serial) = serial_or_skip("hostgw_leave_join") else {
         return;
     };
-    let mut tb = testbed("e2ehglj", 3, "host-gw");
-    start(&mut tb, &[0, 1, 2]);
-    wait_hostgw_mesh(&tb, &[0, 1, 2], CONVERGE);
-    add_pods(&mut tb, &[0, 1], "e2ehglj");
-
-    let leaving = lease_of(&tb, 2);
-    tb.stop_daemon(2, "KILL");
-    tb.etcdctl(&["del", &leaving.full_key()]);
-    let took = wait_hostgw_mesh(&tb, &[0, 1], CONVERGE);
-    println!(
-        "node3 ({}) left: its route was gone from node1 and node2 after {took:?}",
-        leaving.subnet()
-    );
-    let failed = ping_matrix(&tb, &[0, 1]);
-    assert!(
-        failed.is_empty(),
-        "the remaining pods lost each other: {failed:?}"
-    );
-
-    let joining = Instant::now();
-    start(&mut tb, &[2]);
-    let took = wait_hostgw_mesh(&tb, &[0, 1, 2], CONVERGE);
-    println!(
-        "node3 joined ({}): every node programmed as spec 9.2 {:?} after its daemon started \
-         ({took:?} after it was ready)",
-        lease_of(&tb, 2).subnet(),
-        joining.elapsed()
-    );
-    add_pods(&mut tb, &[2], "e2ehglj");
-    let failed = ping_matrix(&tb, &[0, 1, 2]);
-    assert!(
-        failed.is_empty(),
-        "pods that could not ping each other after the join: {failed:?}"
-    );
+    node_leaving_and_joining_shows_on_every_peer(Backend::HostGw, "e2ehglj");
 }
 
 #[test]
@@ -133,11 +67,7 @@ fn hostgw_route_deleted_by_hand_comes_back() {
         "host-gw route {} via {} deleted by hand on node1: back after {took:?} (goal 1 s: {})",
         peer.subnet(),
         peer.public_ip,
-        if took <= Duration::from_secs(1) {
-            "met"
-        } else {
-            "MISSED"
-        }
+        against_one_second_goal(took)
     );
     wait_hostgw_mesh(&tb, &[0, 1, 2], CONVERGE);
     let failed = ping_matrix(&tb, &[0, 1]);

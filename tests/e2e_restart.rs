@@ -152,10 +152,7 @@ fn entries_of_a_peer_that_left_while_down_are_removed_at_start() {
     wait_vxlan_mesh(&tb, &[1], CONVERGE);
     let stale = expected_vxlan_entries(&[&gone]);
     let on_node1 = vxlan_entries(&tb, 0);
-    let absent: Vec<&String> = (stale.neigh.iter().filter(|e| !on_node1.neigh.contains(e)))
-        .chain(stale.fdb.iter().filter(|e| !on_node1.fdb.contains(e)))
-        .chain(stale.routes.iter().filter(|e| !on_node1.routes.contains(e)))
-        .collect();
+    let absent = on_node1.missing(&stale);
     assert!(
         absent.is_empty(),
         "node1 lost node3's entries while its daemon was down: {absent:#?}; it has {on_node1:#?}"

@@ -53,11 +53,7 @@ fn delete_and_time_repair(tb: &Testbed, what: &str, delete: &str) -> Duration {
     };
     println!(
         "repair of {what}: back after {took:?} (goal 1 s: {})",
-        if took <= Duration::from_secs(1) {
-            "met"
-        } else {
-            "MISSED"
-        }
+        against_one_second_goal(took)
     );
     // Everything is exactly as before: the repair did not disturb any other entry or node.
     wait_vxlan_mesh(tb, &[0, 1, 2], CONVERGE);

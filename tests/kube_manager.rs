@@ -307,6 +307,8 @@ async fn stored_public_ips_and_vtep_mac() {
         "flannel.alpha.coreos.com/backend-data",
         Some(r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}"#),
     );
+    // A manager reads its node once at startup: the next run sees the new annotations.
+    let m = fx.manager("flannel1").await;
     assert_eq!(
         m.stored_public_ips().await.unwrap(),
         (Some("203.0.113.5".into()), None)
@@ -326,12 +328,48 @@ async fn stored_public_ips_and_vtep_mac() {
         "flannel.alpha.coreos.com/backend-data",
         Some("garbage"),
     );
+    let m = fx.manager("flannel1").await;
     let err = m.stored_public_ips().await.unwrap_err();
     assert!(
         err.to_string().contains("node-public-ip") && err.to_string().contains("203.0.113"),
         "{err}"
     );
     assert_eq!(m.stored_vtep_macs().await.unwrap(), (None, None));
+}
+
+#[tokio::test]
+async fn startup_reads_the_node_once_and_a_retried_acquire_reads_it_again() {
+    let fx = Fixture::new();
+    fx.api.add_node("flannel1", &["198.18.1.0/24"]);
+    fx.api.annotate(
+        "flannel1",
+        "flannel.alpha.coreos.com/node-public-ip",
+        Some("203.0.113.5"),
+    );
+    let node_gets = || {
+        fx.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes/flannel1")
+            .count()
+    };
+    let m = fx.manager("flannel1").await;
+    assert_eq!(
+        m.stored_public_ips().await.unwrap(),
+        (Some("203.0.113.5".into()), None)
+    );
+    assert_eq!(m.stored_vtep_macs().await.unwrap(), (None, None));
+    let lease = m
+        .acquire_lease(&conf(), &vxlan_attrs("203.0.113.5"))
+        .await
+        .unwrap();
+    assert_eq!(lease.subnet, Some("198.18.1.0/24".parse().unwrap()));
+    assert_eq!(node_gets(), 1, "{:?}", fx.api.requests());
+    // A later acquisition (the daemon's retry) reads the node anew.
+    m.acquire_lease(&conf(), &vxlan_attrs("203.0.113.5"))
+        .await
+        .unwrap();
+    assert_eq!(node_gets(), 2, "{:?}", fx.api.requests());
 }
 
 #[tokio::test]

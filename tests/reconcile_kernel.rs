@@ -107,6 +107,29 @@ fn vxlan_available() -> bool {
     ok
 }
 
+/// Two namespaces joined by a veth pair `eth0`<->`eth0` (192.0.2.1/24 on the node, 192.0.2.2/24
+/// on the peer); runs `f` with the node's namespace name on a current-thread runtime of a thread
+/// inside the node's namespace.
+fn on_node_with_peer<F, Fut>(tag: &str, f: F)
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let node = Netns::new(tag);
+    let peer = Netns::new(&format!("{tag}peer"));
+    veth(&node, "eth0", &peer, "eth0");
+    node.sh("ip addr add 192.0.2.1/24 dev eth0");
+    peer.sh("ip addr add 192.0.2.2/24 dev eth0");
+    let name = node.name.clone();
+    node.run(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f(name))
+    });
+}
+
 fn json(ns: &str, cmd: &str) -> Value {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns, "sh", "-c", cmd])
@@ -275,134 +298,110 @@ fn installs_like_upstream_restarts_without_changes_and_repairs_drift() {
     if !vxlan_available() {
         return;
     }
-    let a = Netns::new("rk");
-    let b = Netns::new("rkpeer");
-    veth(&a, "eth0", &b, "eth0");
-    a.sh("ip addr add 192.0.2.1/24 dev eth0");
-    b.sh("ip addr add 192.0.2.2/24 dev eth0");
-    let name = a.name.clone();
-    a.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let nl = Arc::new(Counting {
-                inner: RtNetlink::new().unwrap(),
-                mutations: AtomicUsize::new(0),
-            });
-            // First life: everything is created.
-            life(nl.clone(), |_| async {}).await;
-            for (n, public) in [(2, "192.0.2.2"), (3, "198.51.100.3")] {
-                assert!(has_onlink_route(&name, n), "route of peer {n}");
-                assert!(
-                    has_neigh_and_fdb(&name, n, public),
-                    "neighbour and fdb of peer {n}"
-                );
-            }
-            let link = json(&name, "ip -d -j link show flannel.1");
-            let mac_before = link[0]["address"].clone();
+    on_node_with_peer("rk", |name| async move {
+        let nl = Arc::new(Counting {
+            inner: RtNetlink::new().unwrap(),
+            mutations: AtomicUsize::new(0),
+        });
+        // First life: everything is created.
+        life(nl.clone(), |_| async {}).await;
+        for (n, public) in [(2, "192.0.2.2"), (3, "198.51.100.3")] {
+            assert!(has_onlink_route(&name, n), "route of peer {n}");
+            assert!(
+                has_neigh_and_fdb(&name, n, public),
+                "neighbour and fdb of peer {n}"
+            );
+        }
+        let link = json(&name, "ip -d -j link show flannel.1");
+        let mac_before = link[0]["address"].clone();
 
-            // Second life: a restart changes nothing at all; then drift is repaired.
-            nl.mutations.store(0, Ordering::SeqCst);
-            let (nl2, name2) = (nl.clone(), name.clone());
-            life(nl.clone(), move |mut status| async move {
-                assert_eq!(
-                    nl2.mutations.load(Ordering::SeqCst),
-                    0,
-                    "restart changed the kernel"
-                );
-                sh(&name2, "ip route del 198.18.2.0/24");
-                wait(&mut status, "route repair", |s| s.repairs >= 1 && s.converged).await;
-                assert!(has_onlink_route(&name2, 2));
-                sh(&name2, "ip neigh del 198.18.3.0 dev flannel.1");
-                sh(
-                    &name2,
-                    "bridge fdb del 02:00:00:00:00:03 dev flannel.1 dst 198.51.100.3 self",
-                );
-                wait(&mut status, "neighbour and fdb repair", |s| {
-                    s.repairs >= 3 && s.converged
-                })
-                .await;
-                assert!(has_neigh_and_fdb(&name2, 3, "198.51.100.3"));
-                sh(&name2, "ip link del flannel.1");
-                wait(&mut status, "device recreation", |s| {
-                    s.repairs >= 10 && s.converged
-                })
-                .await;
-                assert!(has_onlink_route(&name2, 2) && has_onlink_route(&name2, 3));
-                assert!(has_neigh_and_fdb(&name2, 2, "192.0.2.2"));
-                let link = json(&name2, "ip -d -j link show flannel.1");
-                assert_eq!(link[0]["address"], mac_before, "recreated with the same MAC");
-                let addrs = json(&name2, "ip -j -4 addr show dev flannel.1");
-                assert_eq!(addrs[0]["addr_info"][0]["local"], "198.18.1.0");
-                assert_eq!(addrs[0]["addr_info"][0]["prefixlen"], 32);
+        // Second life: a restart changes nothing at all; then drift is repaired.
+        nl.mutations.store(0, Ordering::SeqCst);
+        let (nl2, name2) = (nl.clone(), name.clone());
+        life(nl.clone(), move |mut status| async move {
+            assert_eq!(
+                nl2.mutations.load(Ordering::SeqCst),
+                0,
+                "restart changed the kernel"
+            );
+            sh(&name2, "ip route del 198.18.2.0/24");
+            wait(&mut status, "route repair", |s| s.repairs >= 1 && s.converged).await;
+            assert!(has_onlink_route(&name2, 2));
+            sh(&name2, "ip neigh del 198.18.3.0 dev flannel.1");
+            sh(
+                &name2,
+                "bridge fdb del 02:00:00:00:00:03 dev flannel.1 dst 198.51.100.3 self",
+            );
+            wait(&mut status, "neighbour and fdb repair", |s| {
+                s.repairs >= 3 && s.converged
             })
             .await;
-        });
+            assert!(has_neigh_and_fdb(&name2, 3, "198.51.100.3"));
+            sh(&name2, "ip link del flannel.1");
+            wait(&mut status, "device recreation", |s| {
+                s.repairs >= 10 && s.converged
+            })
+            .await;
+            assert!(has_onlink_route(&name2, 2) && has_onlink_route(&name2, 3));
+            assert!(has_neigh_and_fdb(&name2, 2, "192.0.2.2"));
+            let link = json(&name2, "ip -d -j link show flannel.1");
+            assert_eq!(link[0]["address"], mac_before, "recreated with the same MAC");
+            let addrs = json(&name2, "ip -j -4 addr show dev flannel.1");
+            assert_eq!(addrs[0]["addr_info"][0]["local"], "198.18.1.0");
+            assert_eq!(addrs[0]["addr_info"][0]["prefixlen"], 32);
+        })
+        .await;
     });
 }
 
 #[test]
 fn host_gw_routes_come_back_after_the_nic_restarts() {
-    let a = Netns::new("rkhg");
-    let b = Netns::new("rkhgpeer");
-    veth(&a, "eth0", &b, "eth0");
-    a.sh("ip addr add 192.0.2.1/24 dev eth0");
-    b.sh("ip addr add 192.0.2.2/24 dev eth0");
-    let name = a.name.clone();
-    a.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let nl: Arc<dyn Netlink> = Arc::new(RtNetlink::new().unwrap());
-            let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
-            let ext = ExternalInterface {
-                name: "eth0".into(),
-                index: eth0.index,
-                mtu: eth0.mtu,
-                iface_addr: Some("192.0.2.1".parse().unwrap()),
-                iface_v6_addr: None,
-                ext_addr: Some("192.0.2.1".parse().unwrap()),
-                ext_v6_addr: None,
-            };
-            let (_, mut conf) = conf();
-            conf.backend = BackendConfig::HostGw;
-            conf.backend_type = "host-gw".into();
-            let mut backend = flanneld::backend::build(&conf, &ext, None).unwrap();
-            backend.prepare(&*nl).await.unwrap();
-            let mut own = lease(1, "192.0.2.1", None);
-            own.attrs.backend_type = "host-gw".into();
-            let reconciler = Reconciler::new(nl.clone(), backend, own);
-            let mut status = reconciler.status();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(reconciler.run(rx, shutdown.clone()));
-            let mut peer = lease(2, "192.0.2.2", None);
-            peer.attrs.backend_type = "host-gw".into();
-            tx.send(vec![LeaseEvent::Added(peer)]).unwrap();
-            wait(&mut status, "convergence", |s| s.converged && s.passes >= 1).await;
-            let has_route = || {
-                json(&name, "ip -d -j route show table main")
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|r| {
-                        r["dst"] == "198.18.2.0/24"
-                            && r["gateway"] == "192.0.2.2"
-                            && r["dev"] == "eth0"
-                            && r["protocol"] == "boot"
-                    })
-            };
-            assert!(has_route());
-            // The NIC restarts: the kernel flushes the route without telling anyone about it.
-            sh(&name, "ip link set eth0 down && ip link set eth0 up");
-            wait(&mut status, "the route back", |s| s.repairs >= 1 && s.converged).await;
-            assert!(has_route());
-            shutdown.cancel();
-            task.await.unwrap().unwrap();
-        });
+    on_node_with_peer("rkhg", |name| async move {
+        let nl: Arc<dyn Netlink> = Arc::new(RtNetlink::new().unwrap());
+        let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: eth0.index,
+            mtu: eth0.mtu,
+            iface_addr: Some("192.0.2.1".parse().unwrap()),
+            iface_v6_addr: None,
+            ext_addr: Some("192.0.2.1".parse().unwrap()),
+            ext_v6_addr: None,
+        };
+        let (_, mut conf) = conf();
+        conf.backend = BackendConfig::HostGw;
+        conf.backend_type = "host-gw".into();
+        let mut backend = flanneld::backend::build(&conf, &ext, None).unwrap();
+        backend.prepare(&*nl).await.unwrap();
+        let mut own = lease(1, "192.0.2.1", None);
+        own.attrs.backend_type = "host-gw".into();
+        let reconciler = Reconciler::new(nl.clone(), backend, own);
+        let mut status = reconciler.status();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(reconciler.run(rx, shutdown.clone()));
+        let mut peer = lease(2, "192.0.2.2", None);
+        peer.attrs.backend_type = "host-gw".into();
+        tx.send(vec![LeaseEvent::Added(peer)]).unwrap();
+        wait(&mut status, "convergence", |s| s.converged && s.passes >= 1).await;
+        let has_route = || {
+            json(&name, "ip -d -j route show table main")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r["dst"] == "198.18.2.0/24"
+                        && r["gateway"] == "192.0.2.2"
+                        && r["dev"] == "eth0"
+                        && r["protocol"] == "boot"
+                })
+        };
+        assert!(has_route());
+        // The NIC restarts: the kernel flushes the route without telling anyone about it.
+        sh(&name, "ip link set eth0 down && ip link set eth0 up");
+        wait(&mut status, "the route back", |s| s.repairs >= 1 && s.converged).await;
+        assert!(has_route());
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
     });
 }

@@ -6,7 +6,7 @@ mod support;
 mod traffic_common;
 
 use flanneld::subnet::env_file::PreviousSubnets;
-use flanneld::traffic::{Tools, TrafficManager};
+use flanneld::traffic::Tools;
 use support::netns::Netns;
 use traffic_common::*;
 
@@ -14,20 +14,26 @@ fn tools() -> Tools {
     Tools::variant(Some("nft"))
 }
 
+/// Both chains of the IPv4 table list exactly as upstream's.
+fn assert_v4_chains(ns: &str, context: &str) {
+    assert_eq!(
+        sh(ns, "nft list chain ip flannel-ipv4 postrtg"),
+        NFT_POSTRTG,
+        "{context}"
+    );
+    assert_eq!(
+        sh(ns, "nft list chain ip flannel-ipv4 forward"),
+        NFT_FORWARD,
+        "{context}"
+    );
+}
+
 #[test]
 fn chain_listings_equal_upstream() {
     let ns = Netns::new("trf-nft");
     in_ns(&ns, |ns| async move {
-        TrafficManager::start(
-            settings(true, true, tools()),
-            &lease(true),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(sh(&ns, "nft list chain ip flannel-ipv4 postrtg"), NFT_POSTRTG);
-        assert_eq!(sh(&ns, "nft list chain ip flannel-ipv4 forward"), NFT_FORWARD);
+        start_first_run(true, true, tools()).await;
+        assert_v4_chains(&ns, "first run");
         let v6 = sh(&ns, "nft list chain ip6 flannel-ipv6 postrtg");
         assert!(
             v6.contains("\t\tip6 saddr != 2001:db8:0:1::/64 ip6 daddr 2001:db8::/48 return\n"),
@@ -43,14 +49,7 @@ fn chain_listings_equal_upstream() {
             "{tables}"
         );
         // Restart: the same listing again.
-        TrafficManager::start(
-            settings(true, true, tools()),
-            &lease(true),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
+        start_first_run(true, true, tools()).await;
         assert_eq!(sh(&ns, "nft list chain ip flannel-ipv4 postrtg"), NFT_POSTRTG);
     });
 }
@@ -59,14 +58,7 @@ fn chain_listings_equal_upstream() {
 fn drift_is_repaired_and_steady_state_only_lists() {
     let ns = Netns::new("trf-nft");
     in_ns(&ns, |ns| async move {
-        let mut manager = TrafficManager::start(
-            settings(true, false, tools()),
-            &lease(false),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
+        let mut manager = start_first_run(true, false, tools()).await;
         let before = manager.spawned_processes();
         assert_eq!(manager.resync().await, 0);
         assert_eq!(
@@ -84,16 +76,7 @@ fn drift_is_repaired_and_steady_state_only_lists() {
         for drift in drifts {
             sh(&ns, drift);
             assert_eq!(manager.resync().await, 1, "repaired after {drift}");
-            assert_eq!(
-                sh(&ns, "nft list chain ip flannel-ipv4 postrtg"),
-                NFT_POSTRTG,
-                "after {drift}"
-            );
-            assert_eq!(
-                sh(&ns, "nft list chain ip flannel-ipv4 forward"),
-                NFT_FORWARD,
-                "after {drift}"
-            );
+            assert_v4_chains(&ns, &format!("after {drift}"));
             assert!(!sh(&ns, "nft list table ip flannel-ipv4").contains("extra"));
             let before = manager.spawned_processes();
             assert_eq!(manager.resync().await, 0, "steady after {drift}");
@@ -106,24 +89,10 @@ fn drift_is_repaired_and_steady_state_only_lists() {
 fn switching_modes_removes_the_other_modes_rules() {
     let ns = Netns::new("trf-nft");
     in_ns(&ns, |ns| async move {
-        TrafficManager::start(
-            settings(false, true, tools()),
-            &lease(true),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
+        start_first_run(false, true, tools()).await;
         assert_eq!(sh(&ns, "iptables-nft -w -t nat -S"), NAT_LISTING);
 
-        TrafficManager::start(
-            settings(true, true, tools()),
-            &lease(true),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
+        start_first_run(true, true, tools()).await;
         for cmd in [
             "iptables-nft -w -t nat -S",
             "iptables-nft -w -S",
@@ -138,14 +107,7 @@ fn switching_modes_removes_the_other_modes_rules() {
         }
         assert_eq!(sh(&ns, "nft list chain ip flannel-ipv4 postrtg"), NFT_POSTRTG);
 
-        TrafficManager::start(
-            settings(false, true, tools()),
-            &lease(true),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
+        start_first_run(false, true, tools()).await;
         let tables = sh(&ns, "nft list tables");
         assert!(
             !tables.contains("flannel-ipv4") && !tables.contains("flannel-ipv6"),
@@ -168,7 +130,7 @@ fn nftables_mode_needs_no_iptables_binaries_and_honours_random_fully_disable() {
         }
         let mut s = settings(true, false, absent);
         s.choice.random_fully = false;
-        TrafficManager::start(s, &lease(false), &PreviousSubnets::default(), fake_kernel())
+        start(s, &lease(false), &PreviousSubnets::default())
             .await
             .expect("nftables mode starts without iptables binaries (a documented deviation)");
         assert_eq!(
@@ -184,11 +146,10 @@ fn missing_nft_is_a_clear_fatal_error_for_masquerade() {
     in_ns(&ns, |_ns| async move {
         let mut broken = tools();
         broken.nft = "flanneld-absent-nft".into();
-        let err = TrafficManager::start(
+        let err = start(
             settings(true, false, broken),
             &lease(false),
             &PreviousSubnets::default(),
-            fake_kernel(),
         )
         .await
         .err()
@@ -208,7 +169,7 @@ fn nothing_to_keep_means_no_process_in_steady_state() {
         let mut s = settings(true, false, tools());
         s.choice.masquerade = false;
         s.choice.forward = false;
-        let mut manager = TrafficManager::start(s, &lease(false), &PreviousSubnets::default(), fake_kernel())
+        let mut manager = start(s, &lease(false), &PreviousSubnets::default())
             .await
             .unwrap();
         // Upstream creates both tables anyway.

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::backend::{Backend, BackendError, Entry, ExternalInterface, Ownership, Underlay, WarnOnce};
+use crate::backend::{
+    Backend, BackendError, Entry, ExternalInterface, Ownership, Underlay, WarnOnce, own_subnets,
+};
 use crate::kernel::{Netlink, Route};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::NetConf;
@@ -85,17 +87,10 @@ impl Backend for HostGwBackend {
     }
 
     fn entries_for(&self, remote: &Lease, _underlay: &Underlay) -> Vec<Entry> {
-        let subnet = remote.key();
-        if remote.attrs.backend_type != "host-gw" {
-            if self
-                .warn
-                .first(format!("{subnet} type {}", remote.attrs.backend_type))
-            {
-                tracing::warn!(subnet = %subnet, backend_type = %remote.attrs.backend_type,
-                    "ignoring a remote lease of another backend type");
-            }
+        if self.warn.other_type(remote, self.kind()) {
             return Vec::new();
         }
+        let subnet = remote.key();
         let mut out = Vec::new();
         let v4_subnet = remote
             .subnet
@@ -127,12 +122,7 @@ impl Backend for HostGwBackend {
             devices: Vec::new(),
             networks: self.networks.clone(),
             route_oifs: vec![self.ext.index],
-            exclude: own
-                .subnet
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(own.ipv6_subnet.map(IpNet::V6))
-                .collect(),
+            exclude: own_subnets(own),
         }
     }
 }
@@ -140,60 +130,20 @@ impl Backend for HostGwBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::testutil::{kernel_with_eth0, lease_of, netconf, own_lease};
     use crate::kernel::RTPROT_BOOT;
-    use crate::kernel::fake::FakeKernel;
     use crate::netconf::BackendConfig;
 
     fn conf() -> NetConf {
-        NetConf {
-            enable_ipv4: true,
-            enable_ipv6: false,
-            enable_nftables: false,
-            network: Some("198.18.0.0/16".parse().unwrap()),
-            subnet_len: 24,
-            subnet_min: None,
-            subnet_max: None,
-            ipv6_network: None,
-            ipv6_subnet_len: 64,
-            ipv6_subnet_min: None,
-            ipv6_subnet_max: None,
-            backend_type: "host-gw".into(),
-            backend: BackendConfig::HostGw,
-        }
-    }
-
-    fn ext(public: &str) -> ExternalInterface {
-        ExternalInterface {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-            iface_addr: Some("192.0.2.1".parse().unwrap()),
-            iface_v6_addr: None,
-            ext_addr: Some(public.parse().unwrap()),
-            ext_v6_addr: None,
-        }
-    }
-
-    fn lease(sn: &str, ip: &str, ty: &str) -> Lease {
-        Lease {
-            enable_ipv4: true,
-            enable_ipv6: false,
-            subnet: Some(sn.parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                backend_type: ty.into(),
-                ..LeaseAttrs::default()
-            },
-            expiration: None,
-        }
+        netconf(BackendConfig::HostGw)
     }
 
     #[tokio::test]
     async fn refuses_a_nated_public_ip() {
-        let k = FakeKernel::new();
-        let mut b = HostGwBackend::new(&conf(), &ext("203.0.113.5")).unwrap();
-        let err = b.prepare(&k).await.unwrap_err().to_string();
+        let (k, mut ext) = kernel_with_eth0();
+        ext.ext_addr = Some("203.0.113.5".parse().unwrap());
+        let mut b = HostGwBackend::new(&conf(), &ext).unwrap();
+        let err = b.prepare(&*k).await.unwrap_err().to_string();
         assert!(
             err.contains("203.0.113.5") && err.contains("192.0.2.1") && err.contains("NAT"),
             "{err}"
@@ -202,48 +152,38 @@ mod tests {
 
     #[tokio::test]
     async fn publishes_type_and_public_ip_and_ext_mtu() {
-        let k = FakeKernel::new();
-        let mut b = HostGwBackend::new(&conf(), &ext("192.0.2.1")).unwrap();
-        let attrs = b.prepare(&k).await.unwrap();
+        let (k, ext) = kernel_with_eth0();
+        let mut b = HostGwBackend::new(&conf(), &ext).unwrap();
+        let attrs = b.prepare(&*k).await.unwrap();
         assert_eq!(
             attrs.to_json(),
             r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
-        let own = lease("198.18.1.0/24", "192.0.2.1", "host-gw");
-        assert_eq!(b.configure(&k, &own).await.unwrap(), 1500);
+        assert_eq!(b.configure(&*k, &own_lease("host-gw")).await.unwrap(), 1500);
         assert_eq!(k.counters().mutations, 0);
     }
 
     #[test]
     fn one_route_per_peer_via_its_public_ip() {
-        let b = HostGwBackend::new(&conf(), &ext("192.0.2.1")).unwrap();
-        let got = b.entries_for(
-            &lease("198.18.2.0/24", "192.0.2.2", "host-gw"),
-            &Underlay::default(),
-        );
+        let (_, ext) = kernel_with_eth0();
+        let b = HostGwBackend::new(&conf(), &ext).unwrap();
+        let got = b.entries_for(&lease_of(2, "host-gw", None), &Underlay::default());
         let want = Route::unicast(
             "198.18.2.0/24".parse().unwrap(),
             Some("192.0.2.2".parse().unwrap()),
-            Some(2),
+            Some(ext.index),
         );
         assert_eq!(got, vec![Entry::Route(want.clone())]);
         assert_eq!(want.protocol, RTPROT_BOOT);
         assert!(!want.onlink);
         // Other backend types and leases without a public IP are ignored.
         assert!(
-            b.entries_for(
-                &lease("198.18.3.0/24", "192.0.2.3", "vxlan"),
-                &Underlay::default()
-            )
-            .is_empty()
+            b.entries_for(&lease_of(3, "vxlan", None), &Underlay::default())
+                .is_empty()
         );
-        assert!(
-            b.entries_for(
-                &lease("198.18.3.0/24", "0.0.0.0", "host-gw"),
-                &Underlay::default()
-            )
-            .is_empty()
-        );
+        let mut no_public_ip = lease_of(3, "host-gw", None);
+        no_public_ip.attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+        assert!(b.entries_for(&no_public_ip, &Underlay::default()).is_empty());
     }
 
     #[test]
@@ -251,10 +191,10 @@ mod tests {
         let mut c = conf();
         c.enable_ipv6 = true;
         c.ipv6_network = Some("2001:db8::/48".parse().unwrap());
-        let mut e = ext("192.0.2.1");
+        let (_, mut e) = kernel_with_eth0();
         e.ext_v6_addr = Some("2001:db8:ffff::1".parse().unwrap());
         let b = HostGwBackend::new(&c, &e).unwrap();
-        let mut l = lease("198.18.2.0/24", "192.0.2.2", "host-gw");
+        let mut l = lease_of(2, "host-gw", None);
         l.enable_ipv6 = true;
         l.ipv6_subnet = Some("2001:db8:0:2::/64".parse().unwrap());
         l.attrs.public_ipv6 = Some("2001:db8:ffff::2".parse().unwrap());
@@ -263,12 +203,11 @@ mod tests {
         let want6 = Route::unicast(
             "2001:db8:0:2::/64".parse().unwrap(),
             Some("2001:db8:ffff::2".parse().unwrap()),
-            Some(2),
+            Some(e.index),
         );
         assert_eq!(got[1], Entry::Route(want6));
-        let own = lease("198.18.1.0/24", "192.0.2.1", "host-gw");
-        let o = b.ownership(&own);
-        assert_eq!(o.route_oifs, vec![2]);
+        let o = b.ownership(&own_lease("host-gw"));
+        assert_eq!(o.route_oifs, vec![e.index]);
         assert_eq!(o.networks.len(), 2);
         assert_eq!(o.exclude, vec!["198.18.1.0/24".parse::<IpNet>().unwrap()]);
     }

@@ -149,6 +149,30 @@ impl WarnOnce {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(key)
     }
+
+    /// True when `remote` is a lease of another backend type than `kind` (which the backend
+    /// ignores); warns the first time for each (lease, type).
+    pub(crate) fn other_type(&self, remote: &Lease, kind: &str) -> bool {
+        let backend_type = &remote.attrs.backend_type;
+        if backend_type == kind {
+            return false;
+        }
+        let subnet = remote.key();
+        if self.first(format!("{subnet} type {backend_type}")) {
+            tracing::warn!(subnet = %subnet, backend_type = %backend_type,
+                "ignoring a remote lease of another backend type");
+        }
+        true
+    }
+}
+
+/// The own lease's subnets (v4, then v6): the prefixes `Ownership::exclude` keeps out of reach.
+pub(crate) fn own_subnets(own: &Lease) -> Vec<IpNet> {
+    own.subnet
+        .map(IpNet::V4)
+        .into_iter()
+        .chain(own.ipv6_subnet.map(IpNet::V6))
+        .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ struct IptFamily {
     /// `iptables-restore --wait` is supported (iptables >= 1.6.2).
     wait: bool,
     sets: Vec<IptRuleSet>,
+    /// The `iptables-save` arguments: `-t <table>` when every set lives in one table, else none
+    /// (all tables in one process). Derived once; every resync lists with them.
+    save_args: Vec<&'static str>,
 }
 
 pub(super) struct IptablesMode {
@@ -57,6 +60,7 @@ impl IptablesMode {
                 family: *family,
                 tools,
                 wait: modern,
+                save_args: save_args(&sets),
                 sets,
             };
             let masquerade = entry.sets.iter().any(|s| s.chain == rules::MASQ_CHAIN);
@@ -154,19 +158,18 @@ impl IptablesMode {
                     continue;
                 }
             };
-            let drifted: Vec<&IptRuleSet> = entry
-                .sets
-                .iter()
-                .filter(|set| !iptables::drift(set, &tables).is_empty())
-                .collect();
+            let mut drifted: Vec<&IptRuleSet> = Vec::new();
+            let mut reasons: Vec<String> = Vec::new();
+            for set in &entry.sets {
+                let drift = iptables::drift(set, &tables);
+                if !drift.is_empty() {
+                    drifted.push(set);
+                    reasons.extend(drift.iter().map(ToString::to_string));
+                }
+            }
             if drifted.is_empty() {
                 continue;
             }
-            let reasons: Vec<String> = drifted
-                .iter()
-                .flat_map(|set| iptables::drift(set, &tables))
-                .map(|d| d.to_string())
-                .collect();
             warn!(family = %entry.family, reasons = %reasons.join("; "), "iptables rules drifted; re-installing them");
             match self
                 .restore(entry, &iptables::install_payload(&drifted, &tables))
@@ -184,12 +187,6 @@ impl IptablesMode {
 
     /// One `iptables-save` for the tables the family's sets use.
     async fn list(&self, entry: &IptFamily) -> Result<SavedTables, TrafficError> {
-        let mut tables: Vec<&str> = entry.sets.iter().map(|s| s.table).collect();
-        tables.dedup();
-        let args: Vec<&str> = match tables.as_slice() {
-            [one] => vec!["-t", one],
-            _ => Vec::new(),
-        };
         let listing_error = |reason: String| TrafficError::Listing {
             family: entry.family,
             tool: entry.tools.save.clone(),
@@ -197,7 +194,7 @@ impl IptablesMode {
         };
         let text = self
             .runner
-            .run(&entry.tools.save, &args, None)
+            .run(&entry.tools.save, &entry.save_args, None)
             .await
             .map_err(|e| listing_error(e.to_string()))?;
         iptables::parse_save(&text).map_err(|e| listing_error(e.to_string()))
@@ -271,6 +268,16 @@ pub(super) async fn remove_chains(tools: &super::Tools) {
             }
             Err(e) => warn!("removing the iptables-mode rules: {e}"),
         }
+    }
+}
+
+/// `-t <table>` when all `sets` live in one table; no arguments (every table) otherwise.
+fn save_args(sets: &[IptRuleSet]) -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = sets.iter().map(|s| s.table).collect();
+    tables.dedup();
+    match tables.as_slice() {
+        [one] => vec!["-t", one],
+        _ => Vec::new(),
     }
 }
 

@@ -17,9 +17,40 @@ struct NftFamily {
     recorded: Option<String>,
 }
 
-pub(super) struct NftablesMode {
-    nft: String,
+/// The `nft` program and the runner that counts its spawns.
+struct Nft {
+    program: String,
     runner: Runner,
+}
+
+impl Nft {
+    async fn apply(&self, transaction: &str) -> Result<(), TrafficError> {
+        debug!(%transaction, "running nft -f -");
+        self.runner
+            .run(&self.program, &["-f", "-"], Some(transaction))
+            .await
+            .map(drop)
+            .map_err(|source| TrafficError::Nftables {
+                tool: self.program.clone(),
+                source,
+            })
+    }
+
+    /// `nft list table <family> <table>`; `None` when it fails (the table is gone).
+    async fn list(&self, family: Family) -> Option<String> {
+        let args = ["list", "table", family.nft_family(), family.nft_table()];
+        match self.runner.run(&self.program, &args, None).await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                debug!("{e}");
+                None
+            }
+        }
+    }
+}
+
+pub(super) struct NftablesMode {
+    nft: Nft,
     /// Families with a configured network and at least one chain: their tables are kept in shape.
     watched: Vec<NftFamily>,
 }
@@ -31,13 +62,16 @@ impl NftablesMode {
     ) -> Result<NftablesMode, TrafficError> {
         super::ipt_mode::remove_chains(&settings.tools).await;
         info!("starting the traffic manager in nftables mode");
-        let nft = settings.tools.nft.clone();
-        let runner = settings.tools.runner.clone();
+        let nft = Nft {
+            program: settings.tools.nft.clone(),
+            runner: settings.tools.runner.clone(),
+        };
         let mut choice = settings.choice;
         if choice.masquerade && choice.random_fully {
-            let probe = runner
+            let probe = nft
+                .runner
                 .run(
-                    &nft,
+                    &nft.program,
                     &["--check", "-f", "-"],
                     Some(&nftables::random_fully_probe()),
                 )
@@ -49,7 +83,6 @@ impl NftablesMode {
         }
         let mut mode = NftablesMode {
             nft,
-            runner,
             watched: Vec::new(),
         };
         // Both tables always exist, as upstream creates them; only configured families get chains.
@@ -63,25 +96,24 @@ impl NftablesMode {
                     if choice.forward {
                         info!(%family, network = %nets.network, "nftables: setting up forward accept rules");
                     }
-                    let chains = rules::nft_chains(nets, &choice);
-                    if !chains.is_empty() {
-                        let transaction = nftables::install_transaction(family, &chains);
-                        mode.watched.push(NftFamily {
-                            family,
-                            transaction,
-                            recorded: None,
-                        });
-                    }
-                    chains
+                    rules::nft_chains(nets, &choice)
                 }
                 None => Vec::new(),
             };
-            all.push_str(&nftables::install_transaction(family, &chains));
+            let transaction = nftables::install_transaction(family, &chains);
+            all.push_str(&transaction);
+            if !chains.is_empty() {
+                mode.watched.push(NftFamily {
+                    family,
+                    transaction,
+                    recorded: None,
+                });
+            }
         }
-        match mode.apply(&all).await {
+        match mode.nft.apply(&all).await {
             Ok(()) => {
-                for index in 0..mode.watched.len() {
-                    mode.record(index).await;
+                for entry in &mut mode.watched {
+                    entry.recorded = mode.nft.list(entry.family).await;
                 }
                 info!("nftables rules installed");
             }
@@ -91,61 +123,22 @@ impl NftablesMode {
         Ok(mode)
     }
 
-    async fn apply(&self, transaction: &str) -> Result<(), TrafficError> {
-        debug!(%transaction, "running nft -f -");
-        self.runner
-            .run(&self.nft, &["-f", "-"], Some(transaction))
-            .await
-            .map(drop)
-            .map_err(|source| TrafficError::Nftables {
-                tool: self.nft.clone(),
-                source,
-            })
-    }
-
-    /// `nft list table <family> <table>`; `None` when it fails (the table is gone).
-    async fn list(&self, family: Family) -> Option<String> {
-        let args = ["list", "table", family.nft_family(), family.nft_table()];
-        match self.runner.run(&self.nft, &args, None).await {
-            Ok(text) => Some(text),
-            Err(e) => {
-                debug!("{e}");
-                None
-            }
-        }
-    }
-
-    async fn record(&mut self, index: usize) {
-        let Some(family) = self.watched.get(index).map(|w| w.family) else {
-            return;
-        };
-        let listing = self.list(family).await;
-        if let Some(entry) = self.watched.get_mut(index) {
-            entry.recorded = listing;
-        }
-    }
-
     /// One upkeep pass: one listing per watched table; re-install those that changed.
     pub(super) async fn resync(&mut self) -> usize {
         let mut repaired = 0;
-        for index in 0..self.watched.len() {
-            let Some(family) = self.watched.get(index).map(|w| w.family) else {
-                continue;
-            };
-            let listing = self.list(family).await;
-            let Some(entry) = self.watched.get(index) else {
-                continue;
-            };
+        for entry in &mut self.watched {
+            let family = entry.family;
+            let listing = self.nft.list(family).await;
             let reason = match &entry.recorded {
                 Some(recorded) => nftables::listing_drift(recorded, listing.as_deref()),
                 None => Some("the last install failed".to_owned()),
             };
             let Some(reason) = reason else { continue };
             warn!(%family, table = family.nft_table(), %reason, "nftables table drifted; re-installing it");
-            match self.apply(&entry.transaction.clone()).await {
+            match self.nft.apply(&entry.transaction).await {
                 Ok(()) => {
                     repaired += 1;
-                    self.record(index).await;
+                    entry.recorded = self.nft.list(family).await;
                     info!(%family, table = family.nft_table(), "nftables table repaired");
                 }
                 Err(e) => error!("{e}"),

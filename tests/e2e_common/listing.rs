@@ -80,19 +80,38 @@ pub struct Entries {
 }
 
 impl Entries {
-    /// What differs from `want`, one line per missing or unexpected object.
-    pub fn diff(&self, want: &Entries) -> Vec<String> {
-        let mut out = Vec::new();
-        for (kind, got, want) in [
+    /// Routes only (host-gw programs no neighbours or FDB entries).
+    pub fn routes(routes: Vec<String>) -> Entries {
+        Entries {
+            routes,
+            ..Entries::default()
+        }
+    }
+
+    fn kinds<'a>(&'a self, want: &'a Entries) -> [(&'static str, &'a [String], &'a [String]); 3] {
+        [
             ("neighbour", &self.neigh, &want.neigh),
             ("fdb entry", &self.fdb, &want.fdb),
             ("route", &self.routes, &want.routes),
-        ] {
-            out.extend(
+        ]
+    }
+
+    /// The entries of `want` this node lacks, one line each.
+    pub fn missing(&self, want: &Entries) -> Vec<String> {
+        self.kinds(want)
+            .into_iter()
+            .flat_map(|(kind, got, want)| {
                 want.iter()
                     .filter(|w| !got.contains(w))
-                    .map(|w| format!("missing {kind} {w}")),
-            );
+                    .map(move |w| format!("missing {kind} {w}"))
+            })
+            .collect()
+    }
+
+    /// What differs from `want`, one line per missing or unexpected object.
+    pub fn diff(&self, want: &Entries) -> Vec<String> {
+        let mut out = self.missing(want);
+        for (kind, got, want) in self.kinds(want) {
             out.extend(
                 got.iter()
                     .filter(|g| !want.contains(g))
@@ -235,7 +254,7 @@ fn subnet_env_problem(tb: &Testbed, i: usize, own: &LeaseInfo, mtu: u32) -> Opti
     (got != want).then(|| format!("subnet.env is {got:?}, want {want:?}"))
 }
 
-fn own_and_peers<'a>(
+pub(super) fn own_and_peers<'a>(
     tb: &Testbed,
     i: usize,
     all: &'a [LeaseInfo],
@@ -250,69 +269,53 @@ fn own_and_peers<'a>(
     }
 }
 
-/// Everything on the vxlan nodes `nodes` that differs from spec 9.1, with every lease in etcd
-/// (except the node's own) as the peers; one line per problem, prefixed with the node's name.
-pub fn vxlan_problems(tb: &Testbed, nodes: &[usize]) -> Vec<String> {
+/// Runs `node_problems(i, own lease, peer leases)` for each of `nodes`, with every lease in etcd
+/// read once; one line per problem, prefixed with the node's name.
+fn problems_per_node(
+    tb: &Testbed,
+    nodes: &[usize],
+    node_problems: impl Fn(usize, &LeaseInfo, &[&LeaseInfo]) -> Vec<String>,
+) -> Vec<String> {
     let all = leases(tb);
     let mut problems = Vec::new();
     for &i in nodes {
         let name = &tb.nodes[i].name;
-        let (own, peers) = match own_and_peers(tb, i, &all) {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
-            }
+        let p = match own_and_peers(tb, i, &all) {
+            Ok((own, peers)) => node_problems(i, own, &peers),
+            Err(e) => vec![e],
         };
-        let mut p = vxlan_device_problems(tb, i, own);
-        p.extend(vxlan_entries(tb, i).diff(&expected_vxlan_entries(&peers)));
-        p.extend(subnet_env_problem(tb, i, own, 1450));
         problems.extend(p.into_iter().map(|x| format!("{name}: {x}")));
     }
     problems
 }
 
+/// Everything on the vxlan nodes `nodes` that differs from spec 9.1, with every lease in etcd
+/// (except the node's own) as the peers; one line per problem, prefixed with the node's name.
+pub fn vxlan_problems(tb: &Testbed, nodes: &[usize]) -> Vec<String> {
+    problems_per_node(tb, nodes, |i, own, peers| {
+        let mut p = vxlan_device_problems(tb, i, own);
+        p.extend(vxlan_entries(tb, i).diff(&expected_vxlan_entries(peers)));
+        p.extend(subnet_env_problem(tb, i, own, 1450));
+        p
+    })
+}
+
 /// Everything on the host-gw nodes `nodes` that differs from spec 9.2 (routes to every other lease
 /// in etcd, no vxlan device, lease value, subnet.env with the interface MTU).
 pub fn hostgw_problems(tb: &Testbed, nodes: &[usize]) -> Vec<String> {
-    let all = leases(tb);
-    let mut problems = Vec::new();
-    for &i in nodes {
-        let name = &tb.nodes[i].name;
-        let (own, peers) = match own_and_peers(tb, i, &all) {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        let mut p = Vec::new();
-        let got = pod_network_routes(tb, i);
-        let want = expected_hostgw_routes(&peers);
-        p.extend(
-            want.iter()
-                .filter(|w| !got.contains(w))
-                .map(|w| format!("missing route {w}")),
-        );
-        p.extend(
-            got.iter()
-                .filter(|g| !want.contains(g))
-                .map(|g| format!("unexpected route {g}")),
-        );
+    problems_per_node(tb, nodes, |i, own, peers| {
+        let got = Entries::routes(pod_network_routes(tb, i));
+        let mut p = got.diff(&Entries::routes(expected_hostgw_routes(peers)));
         if !json_list(tb, i, &format!("ip -j link show {VXLAN_DEV}")).is_empty() {
             p.push(format!("{VXLAN_DEV} exists on a host-gw node"));
         }
-        if own.value != hostgw_value(tb.nodes[i].ip) {
-            p.push(format!(
-                "lease value {} differs from {}",
-                own.value,
-                hostgw_value(tb.nodes[i].ip)
-            ));
+        let want = hostgw_value(tb.nodes[i].ip);
+        if own.value != want {
+            p.push(format!("lease value {} differs from {want}", own.value));
         }
         p.extend(subnet_env_problem(tb, i, own, 1500));
-        problems.extend(p.into_iter().map(|x| format!("{name}: {x}")));
-    }
-    problems
+        p
+    })
 }
 
 fn wait_clean(

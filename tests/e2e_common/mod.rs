@@ -7,6 +7,7 @@
 
 mod listing;
 mod monitor;
+mod scenarios;
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 pub use listing::*;
 #[allow(unused_imports)]
 pub use monitor::Monitor;
+#[allow(unused_imports)]
+pub use scenarios::*;
 
 use crate::support::testbed::{ETCD_PREFIX, Testbed, TestbedOptions};
 
@@ -171,6 +174,16 @@ pub fn time_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<D
     }
 }
 
+/// How a repair time compares with the 1 s goal, for the printed report (tests assert only generous
+/// bounds; the goal itself is a measurement, never an assertion).
+pub fn against_one_second_goal(took: Duration) -> &'static str {
+    if took <= Duration::from_secs(1) {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
 /// One node's lease as stored in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseInfo {
@@ -227,12 +240,10 @@ pub fn leases(tb: &Testbed) -> Vec<LeaseInfo> {
 
 /// Node `i`'s lease: the one whose PublicIP is the node's address (exactly one must exist).
 pub fn lease_of(tb: &Testbed, i: usize) -> LeaseInfo {
-    let ip = tb.nodes[i].ip;
     let all = leases(tb);
-    let mine: Vec<&LeaseInfo> = all.iter().filter(|l| l.public_ip == ip).collect();
-    match mine.as_slice() {
-        [one] => (*one).clone(),
-        _ => panic!("wanted exactly one lease with PublicIP {ip}, etcd has {all:#?}"),
+    match listing::own_and_peers(tb, i, &all) {
+        Ok((own, _)) => own.clone(),
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -75,17 +75,6 @@ pub struct Testbed {
     pub dir: tempfile::TempDir,
 }
 
-fn ensure_ok(what: &str, out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 impl Testbed {
     /// Builds the switch, etcd and the nodes' namespaces and underlay; starts etcd; starts no daemon.
     pub fn new(opts: TestbedOptions) -> Testbed {
@@ -323,18 +312,6 @@ impl Testbed {
         false
     }
 
-    /// A continuous ping (`interval` seconds, e.g. "0.01") from node `from`'s pod to `to`.
-    pub fn pinger(&self, from: usize, to: Ipv4Addr, interval: &str) -> Pinger {
-        let pod = self.nodes[from].pod.as_ref().expect("pod");
-        let child = pod
-            .spawn_cmd(&["ping", "-q", "-i", interval, &to.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting ping");
-        Pinger { child: Some(child) }
-    }
-
     /// The protocol-boot routes inside the pod network on node `i` (what flanneld programs), as
     /// `ip route` prints them.
     pub fn flannel_routes(&self, i: usize) -> Vec<String> {
@@ -372,74 +349,9 @@ impl Testbed {
         serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null)
     }
 
-    /// `bridge -j <args>` in node `i`, parsed.
-    pub fn bridge_json(&self, i: usize, args: &str) -> serde_json::Value {
-        let out = self.nodes[i].ns.sh(&format!("bridge -j {args}"));
-        serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null)
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.daemon.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        self.stop_etcd();
-        // The namespaces are deleted when the fields drop, after this.
-    }
-}
-
-/// A running continuous ping; `finish` stops it and returns (sent, received).
-pub struct Pinger {
-    child: Option<Child>,
-}
-
-impl Pinger {
-    pub fn finish(mut self) -> (u64, u64) {
-        let child = self.child.take().expect("pinger");
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let out = child.wait_with_output().expect("waiting for ping");
-        parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Parses `N packets transmitted, M received` from ping's summary.
-pub fn parse_ping_summary(text: &str) -> (u64, u64) {
-    for line in text.lines() {
-        if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
-            let received = rest
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            return (sent.trim().parse().unwrap_or(0), received);
-        }
-    }
-    (0, 0)
-}
-
-impl Testbed {
     /// A counted ping: `count` echo requests every `interval` seconds (e.g. "0.01") from node `from`'s
-    /// pod to `to`. Unlike `pinger`, `Pinger::wait` lets it end by itself, so ping waits for the reply
-    /// to its last request and no in-flight packet is counted as lost.
+    /// pod to `to`. `Pinger::wait` lets it end by itself, so ping waits for the reply to its last
+    /// request and no in-flight packet is counted as lost.
     pub fn pinger_count(&self, from: usize, to: Ipv4Addr, interval: &str, count: u64) -> Pinger {
         let pod = self.nodes[from].pod.as_ref().expect("pod");
         let child = pod
@@ -458,32 +370,7 @@ impl Testbed {
             .expect("starting ping");
         Pinger { child: Some(child) }
     }
-}
 
-impl Pinger {
-    /// Waits up to `timeout` for a counted ping (`Testbed::pinger_count`) to end by itself, then
-    /// interrupts it; returns (sent, received) from its summary.
-    pub fn wait(mut self, timeout: Duration) -> (u64, u64) {
-        let mut child = self.child.take().expect("pinger");
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if let Ok(None) = child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-        }
-        let out = child.wait_with_output().expect("waiting for ping");
-        parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
-    }
-}
-
-/// Traffic-manager helpers (appended for tests/traffic_e2e.rs).
-impl Testbed {
     /// An "outside" host on the underlay: a namespace on the switch that owns the nodes' default
     /// gateway address 192.0.2.254 and `outside_ip` (on its loopback), with no route back to the
     /// pod network. Pod traffic reaches it and is answered only when the node masquerades it.
@@ -537,5 +424,73 @@ impl Testbed {
             .spawn()
             .expect("starting flanneld");
         node.daemon = Some(child);
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.daemon.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.stop_etcd();
+        // The namespaces are deleted when the fields drop, after this.
+    }
+}
+
+/// A running counted ping (`Testbed::pinger_count`); `wait` returns (sent, received).
+pub struct Pinger {
+    child: Option<Child>,
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Parses `N packets transmitted, M received` from ping's summary.
+pub fn parse_ping_summary(text: &str) -> (u64, u64) {
+    for line in text.lines() {
+        if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
+            let received = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            return (sent.trim().parse().unwrap_or(0), received);
+        }
+    }
+    (0, 0)
+}
+
+impl Pinger {
+    /// Waits up to `timeout` for a counted ping (`Testbed::pinger_count`) to end by itself, then
+    /// interrupts it; returns (sent, received) from its summary.
+    pub fn wait(mut self, timeout: Duration) -> (u64, u64) {
+        let mut child = self.child.take().expect("pinger");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
+        let out = child.wait_with_output().expect("waiting for ping");
+        parse_ping_summary(&String::from_utf8_lossy(&out.stdout))
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use flanneld::kernel::Netlink;
 use flanneld::kernel::fake::FakeKernel;
 use flanneld::lease::{Lease, LeaseAttrs};
+use flanneld::subnet::env_file::PreviousSubnets;
 use flanneld::traffic::rules::RuleChoice;
-use flanneld::traffic::{Tools, TrafficSettings};
+use flanneld::traffic::{Tools, TrafficError, TrafficManager, TrafficSettings};
 
 use crate::support::netns::Netns;
 
@@ -82,13 +83,25 @@ pub fn fake_kernel() -> Arc<dyn Netlink> {
     Arc::new(FakeKernel::new())
 }
 
-/// `true` when `program` can be run here.
-pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// Starts a manager on the fake kernel (no blackhole route is asked for in these tests).
+pub async fn start(
+    settings: TrafficSettings,
+    lease: &Lease,
+    previous: &PreviousSubnets,
+) -> Result<TrafficManager, TrafficError> {
+    TrafficManager::start(settings, lease, previous, fake_kernel()).await
+}
+
+/// Starts a manager with the standard settings and lease (`v6`: dual stack) as a first run (no
+/// previous subnet.env); panics with the error when startup fails.
+pub async fn start_first_run(nftables: bool, v6: bool, tools: Tools) -> TrafficManager {
+    start(
+        settings(nftables, v6, tools),
+        &lease(v6),
+        &PreviousSubnets::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("starting the traffic manager (nftables: {nftables}, v6: {v6}): {e}"))
 }
 
 /// spec 10.1: `iptables -t nat -S` after setup, for C = 198.18.0.0/16, P = 198.18.1.0/24.

@@ -12,18 +12,9 @@ use crate::kernel::{KResult, KernelEvent, Netlink, RT_TABLE_MAIN, Route, RouteKi
 use super::plan::{EntryKey, is_owned_fdb, is_owned_neigh, is_owned_route, same_entry};
 
 /// Exactly the owned objects (see `plan::is_owned`): owned routes of the main table, permanent
-/// neighbours and permanent FDB entries with a destination on the backend's devices.
-pub async fn read_installed(k: &dyn Netlink, own: &Ownership) -> KResult<Vec<Entry>> {
-    let routes = k.routes().await?;
-    read_installed_with(k, own, &routes).await
-}
-
-/// Like `read_installed`, with the route dump already in hand (it also feeds `underlay_from`).
-pub(super) async fn read_installed_with(
-    k: &dyn Netlink,
-    own: &Ownership,
-    routes: &[Route],
-) -> KResult<Vec<Entry>> {
+/// neighbours and permanent FDB entries with a destination on the backend's devices. `routes` is
+/// the pass's one route dump (it also feeds `underlay_from`).
+pub async fn read_installed(k: &dyn Netlink, own: &Ownership, routes: &[Route]) -> KResult<Vec<Entry>> {
     let mut out: Vec<Entry> = routes
         .iter()
         .filter(|r| is_owned_route(own, r))

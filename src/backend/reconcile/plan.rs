@@ -144,7 +144,11 @@ impl<'a> DesiredSet<'a> {
 /// extra versions of a desired key (when one of them is already right it is the one kept).
 /// Desired entries that share a key with an earlier one are dropped (the first wins).
 pub fn plan(desired: &[Entry], installed: &[Entry]) -> Vec<Op> {
-    let desired = DesiredSet::new(desired);
+    plan_desired(&DesiredSet::new(desired), installed)
+}
+
+/// `plan` with the desired entries already keyed (the reconciler keys them once per pass).
+pub fn plan_desired(desired: &DesiredSet<'_>, installed: &[Entry]) -> Vec<Op> {
     let mut installed_by_key: BTreeMap<EntryKey, Vec<&Entry>> = BTreeMap::new();
     for e in installed {
         installed_by_key.entry(EntryKey::of(e)).or_default().push(e);

@@ -230,8 +230,11 @@ impl Worker {
             .values()
             .flat_map(|l| self.backend.entries_for(l, &underlay))
             .collect();
-        self.check_desired(&desired);
-        self.desired = DesiredSet::new(&desired)
+        // Keyed once per pass: for the conflict warnings, the plan, and event triage.
+        let desired_set = DesiredSet::new(&desired);
+        self.check_desired(&desired, &desired_set.conflicts);
+        let ops = plan::plan_desired(&desired_set, &installed);
+        self.desired = desired_set
             .by_key
             .into_iter()
             .map(|(k, e)| (k, e.clone()))
@@ -239,7 +242,6 @@ impl Worker {
         self.status.desired = self.desired.len();
         self.status.leases = self.leases.len();
 
-        let ops = plan::plan(&desired, &installed);
         self.status.installed = installed.len();
         let failed_ops = if ops.is_empty() {
             0
@@ -259,7 +261,7 @@ impl Worker {
 
     async fn read(&self) -> KResult<(Vec<Entry>, crate::backend::Underlay)> {
         let routes = self.netlink.routes().await?;
-        let installed = installed::read_installed_with(&*self.netlink, &self.ownership, &routes).await?;
+        let installed = installed::read_installed(&*self.netlink, &self.ownership, &routes).await?;
         Ok((installed, underlay_from(&routes, &self.ownership)))
     }
 
@@ -322,9 +324,11 @@ impl Worker {
             leases = self.leases.len(),
             "reconciled"
         );
-        // Forget failures of ops this pass no longer needed.
-        let planned: HashSet<String> = ops.iter().map(|o| o.to_string()).collect();
-        self.failing_ops.retain(|k, _| planned.contains(k));
+        // Forget failures of ops this pass no longer needed (texts are only built when some are kept).
+        if !self.failing_ops.is_empty() {
+            let planned: HashSet<String> = ops.iter().map(|o| o.to_string()).collect();
+            self.failing_ops.retain(|k, _| planned.contains(k));
+        }
         self.status.installed = installed_count;
         failed
     }
@@ -361,13 +365,13 @@ impl Worker {
 
     /// Warn (once each) about desired entries the reconciler could never see as installed, and
     /// about two leases wanting different objects under one key.
-    fn check_desired(&mut self, desired: &[Entry]) {
+    fn check_desired(&mut self, desired: &[Entry], conflicts: &[&Entry]) {
         for e in desired.iter().filter(|e| !is_owned(&self.ownership, e)) {
             if self.warned.insert(format!("unowned {e:?}")) {
                 tracing::error!(entry = ?e, "backend wants an entry outside its ownership; it is reapplied on every pass");
             }
         }
-        for e in DesiredSet::new(desired).conflicts {
+        for e in conflicts {
             if self.warned.insert(format!("conflict {e:?}")) {
                 tracing::warn!(entry = ?e, "two leases want different kernel objects under one key; the first lease wins");
             }

@@ -18,6 +18,16 @@ pub enum Family {
     V6,
 }
 
+impl Family {
+    /// 4 or 6, for messages.
+    pub fn version(self) -> u8 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        }
+    }
+}
+
 /// The reasons an existing link cannot serve as the wanted vxlan device (empty: adopt it).
 /// Upstream's list: link type, VNI, vtep device index (when both set), local address (when both
 /// set), group, l2miss, port (when both set), GBP. Learning, MTU and MAC are not compared.
@@ -105,7 +115,7 @@ pub fn stale_addresses(
         .collect()
 }
 
-fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
+pub(super) fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
     move |source| BackendError::Kernel { step, source }
 }
 
@@ -197,14 +207,16 @@ impl Device {
     }
 
     /// Put the own subnet's address on the device (removing stale ones), bring it up, and check
-    /// that it carries our MAC. Changes nothing when all is already so.
-    pub async fn configure(&self, k: &dyn Netlink, subnet: IpNet) -> Result<(), BackendError> {
+    /// that it carries our MAC. Changes nothing when all is already so. `addrs` is the kernel's
+    /// address listing (one dump serves every device of the backend).
+    pub async fn configure(
+        &self,
+        k: &dyn Netlink,
+        subnet: IpNet,
+        addrs: &[Addr],
+    ) -> Result<(), BackendError> {
         let name = &self.name;
-        let addrs = k
-            .addrs()
-            .await
-            .map_err(kernel_err(format!("listing addresses of {name}")))?;
-        let on_device: Vec<Addr> = addrs.into_iter().filter(|a| a.index == self.index).collect();
+        let on_device: Vec<Addr> = addrs.iter().filter(|a| a.index == self.index).cloned().collect();
         let wanted = device_address(subnet);
         for stale in stale_addresses(self.family, &on_device, wanted, self.network) {
             tracing::info!(device = %name, address = %format!("{}/{}", stale.ip, stale.prefix_len),

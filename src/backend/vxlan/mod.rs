@@ -13,7 +13,9 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-use crate::backend::{Backend, BackendError, Entry, ExternalInterface, Ownership, Underlay, WarnOnce};
+use crate::backend::{
+    Backend, BackendError, Entry, ExternalInterface, Ownership, Underlay, WarnOnce, own_subnets,
+};
 use crate::kernel::{Fdb, MacAddr, NUD_PERMANENT, Neigh, Netlink, Route};
 use crate::lease::{Lease, LeaseAttrs, parse_vxlan_backend_data, vxlan_backend_data};
 use crate::netconf::{NetConf, VxlanConfig};
@@ -204,6 +206,8 @@ impl VxlanBackend {
     }
 
     async fn configure_devices(&self, k: &dyn Netlink, own: &Lease) -> Result<(), BackendError> {
+        // One address dump for all devices, taken when the first one is configured.
+        let mut addrs = None;
         for dev in self.devices() {
             let subnet = match dev.family {
                 Family::V4 => own.subnet.map(IpNet::V4),
@@ -211,13 +215,19 @@ impl VxlanBackend {
             };
             let subnet = subnet.ok_or_else(|| {
                 BackendError::Config(format!(
-                    "configuring vxlan device {}: IPv{} is enabled but the lease has no IPv{} subnet",
+                    "configuring vxlan device {}: IPv{v} is enabled but the lease has no IPv{v} subnet",
                     dev.name,
-                    if dev.family == Family::V4 { 4 } else { 6 },
-                    if dev.family == Family::V4 { 4 } else { 6 },
+                    v = dev.family.version(),
                 ))
             })?;
-            dev.configure(k, subnet).await?;
+            let addrs = match &mut addrs {
+                Some(addrs) => addrs,
+                None => addrs.insert(k.addrs().await.map_err(device::kernel_err(format!(
+                    "listing addresses of {}",
+                    self.device_names().join(", ")
+                )))?),
+            };
+            dev.configure(k, subnet, addrs).await?;
         }
         Ok(())
     }
@@ -303,15 +313,7 @@ impl Backend for VxlanBackend {
     }
 
     fn entries_for(&self, remote: &Lease, underlay: &Underlay) -> Vec<Entry> {
-        if remote.attrs.backend_type != "vxlan" {
-            let subnet = remote.key();
-            if self
-                .warn
-                .first(format!("{subnet} type {}", remote.attrs.backend_type))
-            {
-                tracing::warn!(subnet = %subnet, backend_type = %remote.attrs.backend_type,
-                    "ignoring a remote lease of another backend type");
-            }
+        if self.warn.other_type(remote, self.kind()) {
             return Vec::new();
         }
         let mut out = self.family_entries(remote, Family::V4, underlay);
@@ -327,12 +329,7 @@ impl Backend for VxlanBackend {
             devices,
             networks: self.devices().filter_map(|d| d.network).collect(),
             route_oifs,
-            exclude: own
-                .subnet
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(own.ipv6_subnet.map(IpNet::V6))
-                .collect(),
+            exclude: own_subnets(own),
         }
     }
 

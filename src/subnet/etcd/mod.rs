@@ -20,15 +20,16 @@
 //! - renewal rewrites the key only if it still exists, so a deleted lease is never recreated;
 //!   reusing a listed lease or deleting a stale one is guarded by the key's revision;
 //! - a key with an unreadable value still occupies its subnet (never allocated over);
+//! - listed and watched leases of other nodes carry no expiration (`None`): upstream reads each
+//!   key's lease TTL (one TimeToLive request per key, per listing), but nothing uses it;
 //! - a previous subnet is reused only if no lease *overlaps* it (upstream: none *equal*);
 //! - `--etcd-cafile` is also used for `https://` endpoints without a client certificate;
 //!   a mix of plain-text and TLS endpoints is refused with a clear error.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EtcdConfig;
@@ -51,8 +52,6 @@ use registry::{CreateOutcome, Entry, PutOutcome, Registry, RegistryError};
 pub const LEASE_TTL_SECS: i64 = 86_400;
 /// Upstream gives up after this many lost races in one acquisition.
 const MAX_CONFLICTS: u32 = 10;
-/// Parallel lease-TTL lookups while listing.
-const TTL_LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// Exponential backoff for reconnects and retries: doubling from `min` up to `max`.
 #[derive(Debug, Clone)]
@@ -89,6 +88,8 @@ pub(crate) struct Listed {
     pub lease: Lease,
     pub key: String,
     pub mod_revision: i64,
+    /// Attached to an etcd lease (false: a reservation).
+    pub leased: bool,
 }
 
 /// State shared by the manager, its watch streams and its renewal loop.
@@ -100,55 +101,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The remaining TTL of each distinct etcd lease among `entries` (None: expiring now).
-    async fn ttls(&self, entries: &[&Entry]) -> Result<HashMap<i64, Option<i64>>, RegistryError> {
-        let mut ids: Vec<(i64, String)> = entries
-            .iter()
-            .filter(|e| e.lease_id != 0)
-            .map(|e| (e.lease_id, e.key.clone()))
-            .collect();
-        ids.sort_unstable_by_key(|(id, _)| *id);
-        ids.dedup_by_key(|(id, _)| *id);
-        let registry = &self.registry;
-        let lookups = futures::stream::iter(ids)
-            .map(|(id, key)| async move { registry.time_to_live(&key, id).await.map(|ttl| (id, ttl)) })
-            .buffer_unordered(TTL_LOOKUPS_IN_FLIGHT);
-        let results: Vec<Result<(i64, Option<i64>), RegistryError>> = lookups.collect().await;
-        results.into_iter().collect()
-    }
-
-    /// Each entry as a lease, in order; an entry that is not a lease gives its error.
-    pub(crate) async fn leases_of(
-        &self,
-        entries: &[&Entry],
-    ) -> Result<Vec<Result<Listed, EntryError>>, RegistryError> {
-        let ttls = self.ttls(entries).await?;
-        let now = SystemTime::now();
-        let leases = entries.iter().map(|entry| {
-            // A leased key whose lease is already gone is expiring now; its deletion follows.
-            let ttl = match entry.lease_id {
-                0 => None,
-                id => Some(ttls.get(&id).copied().flatten().unwrap_or(0)),
-            };
-            let lease = lease_of_entry(&self.layout, &entry.key, &entry.value, ttl, now)?;
-            Ok(Listed {
-                lease,
-                key: entry.key.clone(),
-                mod_revision: entry.mod_revision,
-            })
-        });
-        Ok(leases.collect())
+    /// An entry as a lease, or why it is not one.
+    ///
+    /// No lease TTL is read (that would be one TimeToLive request per key): nobody needs other
+    /// nodes' expirations, and whether a key is leased is in the entry itself.
+    pub(crate) fn listed(&self, entry: &Entry) -> Result<Listed, EntryError> {
+        let lease = lease_of_entry(&self.layout, &entry.key, &entry.value, None, SystemTime::now())?;
+        Ok(Listed {
+            lease,
+            key: entry.key.clone(),
+            mod_revision: entry.mod_revision,
+            leased: entry.lease_id != 0,
+        })
     }
 
     /// Every valid lease, the subnets of keys whose value is unreadable (still occupied), and the
     /// revision of the listing. Malformed entries are skipped with a warning naming the key.
     pub(crate) async fn list_leases(&self) -> Result<LeaseListing, RegistryError> {
         let listing = self.registry.list(&self.layout.subnets).await?;
-        let entries: Vec<&Entry> = listing.entries.iter().collect();
-        let mut leases = Vec::with_capacity(entries.len());
+        let mut leases = Vec::with_capacity(listing.entries.len());
         let mut occupied = Vec::new();
-        for (entry, lease) in entries.iter().zip(self.leases_of(&entries).await?) {
-            match lease {
+        for entry in &listing.entries {
+            match self.listed(entry) {
                 Ok(lease) => leases.push(lease),
                 Err(e) => {
                     warn_malformed(&e);
@@ -335,7 +309,7 @@ impl EtcdSubnetManager {
                     return Ok(None);
                 };
                 // A reservation (no etcd lease) stays one; a leased key gets a fresh 24 h lease.
-                let ttl = own.expiration.map(|_| LEASE_TTL_SECS);
+                let ttl = listed.leased.then_some(LEASE_TTL_SECS);
                 match shared
                     .registry
                     .put_if_unchanged(&listed.key, value, ttl, listed.mod_revision)

@@ -253,22 +253,18 @@ impl Registry {
     {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.request_error(op, key, &e)),
+            Ok(Err(e)) => Err(RegistryError::Request {
+                op,
+                key: key.to_string(),
+                endpoints: self.endpoints(),
+                reason: describe(&e),
+            }),
             Err(_) => Err(RegistryError::Timeout {
                 op,
                 key: key.to_string(),
                 endpoints: self.endpoints(),
                 secs: REQUEST_TIMEOUT.as_secs(),
             }),
-        }
-    }
-
-    fn request_error(&self, op: &'static str, key: &str, err: &etcd_client::Error) -> RegistryError {
-        RegistryError::Request {
-            op,
-            key: key.to_string(),
-            endpoints: self.endpoints(),
-            reason: describe(err),
         }
     }
 
@@ -304,16 +300,15 @@ impl Registry {
     /// The remaining TTL of a lease in seconds; `None` when the lease is gone or expiring now.
     pub async fn time_to_live(&self, key: &str, lease_id: i64) -> Result<Option<i64>, RegistryError> {
         let mut leases = self.client().await?.lease_client();
-        match tokio::time::timeout(REQUEST_TIMEOUT, leases.time_to_live(lease_id, None)).await {
-            Ok(Ok(resp)) => Ok(Some(resp.ttl()).filter(|ttl| *ttl > 0)),
-            Ok(Err(e)) if describe(&e).contains("lease not found") => Ok(None),
-            Ok(Err(e)) => Err(self.request_error("reading the lease TTL of", key, &e)),
-            Err(_) => Err(RegistryError::Timeout {
-                op: "reading the lease TTL of",
-                key: key.to_string(),
-                endpoints: self.endpoints(),
-                secs: REQUEST_TIMEOUT.as_secs(),
-            }),
+        let asked = self.call(
+            "reading the lease TTL of",
+            key,
+            leases.time_to_live(lease_id, None),
+        );
+        match asked.await {
+            Ok(resp) => Ok(Some(resp.ttl()).filter(|ttl| *ttl > 0)),
+            Err(RegistryError::Request { reason, .. }) if reason.contains("lease not found") => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::stream::{BoxStream, StreamExt};
 
 use super::entries::lease_of_key;
-use super::registry::{Entry, RegistryError, Watch, WatchEvent, WatchMessage};
+use super::registry::{Watch, WatchEvent, WatchMessage};
 use super::{Backoff, Shared, warn_malformed};
 use crate::lease::{LeaseBatch, LeaseEvent};
 
@@ -95,22 +95,13 @@ impl ClusterWatch {
                         next_revision,
                     }) => {
                         self.backoff.reset();
-                        match self.to_lease_events(&events).await {
-                            Ok(lease_events) => {
-                                self.phase = Phase::Follow {
-                                    from: next_revision,
-                                    watch: Some(open),
-                                };
-                                if !lease_events.is_empty() {
-                                    return LeaseBatch::Events(lease_events);
-                                }
-                            }
-                            Err(e) => {
-                                // `from` stays: the same changes are delivered again.
-                                tracing::warn!(error = %e, from_revision = from, "reading changed leases failed; re-watching");
-                                self.phase = Phase::Follow { from, watch: None };
-                                self.pause().await;
-                            }
+                        self.phase = Phase::Follow {
+                            from: next_revision,
+                            watch: Some(open),
+                        };
+                        let lease_events = self.to_lease_events(&events);
+                        if !lease_events.is_empty() {
+                            return LeaseBatch::Events(lease_events);
                         }
                     }
                     Ok(WatchMessage::Compacted { compact_revision }) => {
@@ -133,35 +124,20 @@ impl ClusterWatch {
     }
 
     /// Watch events as lease events; malformed entries are skipped with a warning.
-    async fn to_lease_events(&self, events: &[WatchEvent]) -> Result<Vec<LeaseEvent>, RegistryError> {
-        let puts: Vec<&Entry> = events
-            .iter()
-            .filter_map(|e| match e {
-                WatchEvent::Put(entry) => Some(entry),
-                WatchEvent::Delete { .. } => None,
-            })
-            .collect();
-        // `leases_of` answers each put in order.
-        let mut added = self.shared.leases_of(&puts).await?.into_iter();
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let lease_event = match event {
-                WatchEvent::Put(_) => added
-                    .next()
-                    .map(|r| r.map(|listed| LeaseEvent::Added(listed.lease))),
-                WatchEvent::Delete { key, .. } => Some(
-                    self.shared
-                        .layout
-                        .parse_key(key)
-                        .map(|sn| LeaseEvent::Removed(lease_of_key(&sn))),
-                ),
-            };
-            match lease_event {
-                Some(Ok(e)) => out.push(e),
-                Some(Err(e)) => warn_malformed(&e),
-                None => {}
-            }
-        }
-        Ok(out)
+    fn to_lease_events(&self, events: &[WatchEvent]) -> Vec<LeaseEvent> {
+        let lease_events = events.iter().map(|event| match event {
+            WatchEvent::Put(entry) => self
+                .shared
+                .listed(entry)
+                .map(|listed| LeaseEvent::Added(listed.lease)),
+            WatchEvent::Delete { key, .. } => self
+                .shared
+                .layout
+                .parse_key(key)
+                .map(|sn| LeaseEvent::Removed(lease_of_key(&sn))),
+        });
+        lease_events
+            .filter_map(|e| e.inspect_err(warn_malformed).ok())
+            .collect()
     }
 }

@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     pub set_node_network_unavailable: bool,
     /// What `acquire_lease` published; the watch keeps the node's annotations at this.
     published: Mutex<Option<LeaseAttrs>>,
+    /// This node as first read at startup, so the startup steps (stored public IPs, stored VTEP
+    /// MACs, lease acquisition) share one GET; `acquire_lease` takes it, so any retry reads anew.
+    startup_node: Mutex<Option<NodeInfo>>,
 }
 
 impl Shared {
@@ -168,12 +171,24 @@ impl Shared {
         Ok(())
     }
 
-    /// GET this node, retrying with backoff until it exists and the API answers.
-    async fn own_node_patiently(&self, purpose: &str) -> NodeInfo {
+    /// This node as read at startup: the kept read, or a GET retried with backoff until the node
+    /// exists and the API answers (then kept for the next startup step).
+    async fn startup_node_patiently(&self, purpose: &str) -> NodeInfo {
+        if let Some(node) = self
+            .startup_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return node;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let problem = match self.client.get_node(&self.node_name).await {
-                Ok(Some(node)) => return node,
+                Ok(Some(node)) => {
+                    *self.startup_node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+                    return node;
+                }
                 Ok(None) => format!("node {:?} does not exist (yet)", self.node_name),
                 Err(e) => e.to_string(),
             };
@@ -220,6 +235,7 @@ impl KubeSubnetManager {
                 netconf,
                 set_node_network_unavailable: options.set_node_network_unavailable,
                 published: Mutex::new(None),
+                startup_node: Mutex::new(None),
             }),
         })
     }
@@ -291,7 +307,7 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn stored_public_ips(&self) -> Result<(Option<String>, Option<String>), SubnetError> {
-        let node = self.shared.own_node_patiently("its stored public IPs").await;
+        let node = self.shared.startup_node_patiently("its stored public IPs").await;
         let (v4, v6) = annotations::stored_public_ips(&self.shared.names, &node)
             .map_err(|e| SubnetError::Fatal(e.to_string()))?;
         if v4.is_some() || v6.is_some() {
@@ -301,7 +317,7 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn stored_vtep_macs(&self) -> Result<(Option<MacAddr>, Option<MacAddr>), SubnetError> {
-        let node = self.shared.own_node_patiently("its stored VTEP MAC").await;
+        let node = self.shared.startup_node_patiently("its stored VTEP MAC").await;
         let (v4, v6) = annotations::stored_vtep_macs(&self.shared.names, &node);
         let usable = |mac: Result<Option<MacAddr>, AnnotationError>| {
             mac.unwrap_or_else(|e| {
@@ -315,12 +331,20 @@ impl SubnetManager for KubeSubnetManager {
     async fn acquire_lease(&self, config: &NetConf, attrs: &LeaseAttrs) -> Result<Lease, SubnetError> {
         let shared = &self.shared;
         *shared.published.lock().unwrap_or_else(|p| p.into_inner()) = Some(attrs.clone());
-        let node = shared.client.get_node(&shared.node_name).await.map_err(datastore)?.ok_or_else(|| {
-            SubnetError::Datastore(format!(
-                "node {:?} does not exist in the Kubernetes API (is NODE_NAME right, and has the kubelet registered the node?)",
-                shared.node_name
-            ))
-        })?;
+        let kept = shared
+            .startup_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let node = match kept {
+            Some(node) => node,
+            None => shared.client.get_node(&shared.node_name).await.map_err(datastore)?.ok_or_else(|| {
+                SubnetError::Datastore(format!(
+                    "node {:?} does not exist in the Kubernetes API (is NODE_NAME right, and has the kubelet registered the node?)",
+                    shared.node_name
+                ))
+            })?,
+        };
         let lease = annotations::own_lease(&node, config, attrs).map_err(|e| match e {
             AnnotationError::NoPodCidr { .. } => SubnetError::Datastore(e.to_string()),
             _ => SubnetError::Fatal(e.to_string()),
