@@ -43,5 +43,7 @@ RUN ln -s flanneld /opt/bin/install-conf \
  && ln -sf iptables-wrapper /usr/sbin/ip6tables \
  && ln -sf iptables-wrapper /usr/sbin/ip6tables-save \
  && ln -sf iptables-wrapper /usr/sbin/ip6tables-restore \
+ && mkdir -p /etc/iproute2/rt_protos.d \
+ && echo "70 flannel" > /etc/iproute2/rt_protos.d/flannel.conf \
  && /opt/bin/flanneld --version
 ENTRYPOINT ["/opt/bin/flanneld"]

@@ -16,9 +16,16 @@ release: deps
 	$(CARGO) build --release --bin flanneld
 
 # All tests: formatting, lints, unit tests, and the integration tests (real etcd, network namespaces;
-# those need root and skip with a printed reason without it).
+# those need root and skip with a printed reason without it). Every skip is listed at the end;
+# FLANNEL_TEST_STRICT=1 (set by .ci/run) turns each skip into a failure.
+SKIP_LOG := $(CURDIR)/target/test-skips.log
 test: deps lint
-	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=2
+	@mkdir -p target && rm -f $(SKIP_LOG)
+	FLANNEL_TEST_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --all-targets --no-fail-fast -- --test-threads=2; \
+	  status=$$?; \
+	  if [ -s $(SKIP_LOG) ]; then echo "== skipped tests (prerequisite missing) =="; cat $(SKIP_LOG); \
+	  else echo "== no test was skipped =="; fi; \
+	  exit $$status
 
 unit: deps
 	$(CARGO) test --lib

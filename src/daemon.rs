@@ -131,6 +131,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None
     };
     let mut backend = backend::build(&netconf, &ext, stored_mac).map_err(backend_err)?;
+    if let Some(metrics) = backend.metrics() {
+        status.set_data_path_metrics(metrics);
+    }
     let attrs = backend.prepare(netlink.as_ref()).await.map_err(backend_err)?;
     let Some(lease) = acquire_lease(manager.as_ref(), &netconf, &attrs, &shutdown).await? else {
         return Ok(());

@@ -5,11 +5,12 @@
 //! peers).
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::backend::DataPathMetrics;
 use crate::backend::reconcile::ReconcileStatus;
 use crate::http::StatusSource;
 
@@ -17,6 +18,7 @@ use crate::http::StatusSource;
 pub struct DaemonStatus {
     subnet_file_written: AtomicBool,
     reconcile: Mutex<Option<watch::Receiver<ReconcileStatus>>>,
+    data_path: Mutex<Option<Arc<dyn DataPathMetrics>>>,
 }
 
 impl DaemonStatus {
@@ -27,6 +29,13 @@ impl DaemonStatus {
     pub fn set_reconcile(&self, rx: watch::Receiver<ReconcileStatus>) {
         if let Ok(mut slot) = self.reconcile.lock() {
             *slot = Some(rx);
+        }
+    }
+
+    /// The backend's data-path counters, shown on /metrics from now on.
+    pub fn set_data_path_metrics(&self, metrics: Arc<dyn DataPathMetrics>) {
+        if let Ok(mut slot) = self.data_path.lock() {
+            *slot = Some(metrics);
         }
     }
 
@@ -97,6 +106,9 @@ impl StatusSource for DaemonStatus {
             "gauge",
             resident_bytes() as f64,
         );
+        if let Some(data_path) = self.data_path.lock().ok().and_then(|slot| slot.clone()) {
+            data_path.render(&mut out);
+        }
         out
     }
 }

@@ -11,6 +11,7 @@ mod support;
 use std::time::Duration;
 
 use e2e_common::*;
+use support::testbed::ROUTE_PROTO;
 
 #[test]
 fn hostgw_three_nodes_match_the_spec_and_every_pod_pings_every_other() {
@@ -48,9 +49,10 @@ fn hostgw_route_deleted_by_hand_comes_back() {
     let back = time_until(Duration::from_secs(10), || {
         !node
             .sh(&format!(
-                "ip route show {} via {} dev eth0 proto boot",
+                "ip route show {} via {} dev eth0 proto {}",
                 peer.subnet(),
-                peer.public_ip
+                peer.public_ip,
+                ROUTE_PROTO
             ))
             .trim()
             .is_empty()

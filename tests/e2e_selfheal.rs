@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use e2e_common::*;
-use support::testbed::Testbed;
+use support::testbed::{ROUTE_PROTO, Testbed};
 
 /// Whether node `i` has everything spec 9.1 prescribes for its peers (one `sh` per poll, so the
 /// 10 ms polling stays cheap); the full JSON comparison runs after the repair.
@@ -28,7 +28,11 @@ fn complete(tb: &Testbed, i: usize, own: &LeaseInfo, peers: &[LeaseInfo]) -> boo
         let mac = p.vtep_mac.as_deref().unwrap_or("<none>");
         wanted.push(format!("{} lladdr {mac} PERMANENT", p.network));
         wanted.push(format!("{mac} dst {} self permanent", p.public_ip));
-        wanted.push(format!("{} via {} onlink", p.subnet(), p.network));
+        wanted.push(format!(
+            "{} via {} proto {ROUTE_PROTO} onlink",
+            p.subnet(),
+            p.network
+        ));
     }
     wanted.iter().all(|w| text.contains(w.as_str()))
 }

@@ -22,6 +22,7 @@ use flanneld::netconf::{BackendConfig, NetConf, VxlanConfig};
 use futures::stream::BoxStream;
 use serde_json::Value;
 use support::netns::{Netns, veth};
+use support::testbed::ROUTE_PROTO;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -265,7 +266,7 @@ fn has_onlink_route(ns: &str, n: u8) -> bool {
         r["dst"] == format!("198.18.{n}.0/24")
             && r["gateway"] == format!("198.18.{n}.0")
             && r["dev"] == "flannel.1"
-            && r["protocol"] == "boot"
+            && r["protocol"] == ROUTE_PROTO
             && r["flags"]
                 .as_array()
                 .is_some_and(|f| f.iter().any(|x| x == "onlink"))
@@ -393,7 +394,7 @@ fn host_gw_routes_come_back_after_the_nic_restarts() {
                     r["dst"] == "198.18.2.0/24"
                         && r["gateway"] == "192.0.2.2"
                         && r["dev"] == "eth0"
-                        && r["protocol"] == "boot"
+                        && r["protocol"] == ROUTE_PROTO
                 })
         };
         assert!(has_route());

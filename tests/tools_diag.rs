@@ -36,7 +36,7 @@ fn diag_reports_subnet_env_and_kernel_state() {
     assert!(stdout.contains("FLANNEL_SUBNET=198.18.1.1/24"), "{stdout}");
     assert!(stdout.contains("flannel.1 (vxlan): up mtu 1450"), "{stdout}");
     assert!(
-        stdout.contains("routes inside 198.18.0.0/16 (protocol boot, as flanneld installs them): 1"),
+        stdout.contains("routes inside 198.18.0.0/16 (protocol 70 or boot, as flanneld installs them): 1"),
         "{stdout}"
     );
 

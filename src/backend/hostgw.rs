@@ -123,6 +123,7 @@ impl Backend for HostGwBackend {
             networks: self.networks.clone(),
             route_oifs: vec![self.ext.index],
             exclude: own_subnets(own),
+            ..Ownership::default()
         }
     }
 }
@@ -131,7 +132,7 @@ impl Backend for HostGwBackend {
 mod tests {
     use super::*;
     use crate::backend::testutil::{kernel_with_eth0, lease_of, netconf, own_lease};
-    use crate::kernel::RTPROT_BOOT;
+    use crate::kernel::RTPROT_FLANNEL;
     use crate::netconf::BackendConfig;
 
     fn conf() -> NetConf {
@@ -174,7 +175,7 @@ mod tests {
             Some(ext.index),
         );
         assert_eq!(got, vec![Entry::Route(want.clone())]);
-        assert_eq!(want.protocol, RTPROT_BOOT);
+        assert_eq!(want.protocol, RTPROT_FLANNEL);
         assert!(!want.onlink);
         // Other backend types and leases without a public IP are ignored.
         assert!(

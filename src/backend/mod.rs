@@ -11,10 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use crate::kernel::{Fdb, KernelError, MacAddr, Neigh, Netlink, Route};
+
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{BackendConfig, NetConf};
+pub use peers::{PeerEntry, PeerError, PeerKey, PeerOp, PeerTable};
 
 pub mod hostgw;
+pub mod peers;
 pub mod reconcile;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -44,25 +47,33 @@ pub struct ExternalInterface {
     pub ext_v6_addr: Option<Ipv6Addr>,
 }
 
-/// One kernel object the data plane needs.
+/// One object the data plane needs: a kernel route, neighbour or FDB entry (applied over
+/// rtnetlink), or a peer of the backend's own data path (applied through its `PeerTable`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entry {
     Neigh(Neigh),
     Fdb(Fdb),
     Route(Route),
+    Peer(PeerEntry),
 }
 
-/// What the reconciler may consider its own (and therefore delete when not desired).
+/// What the reconciler may consider its own (and therefore delete when not desired); the rule
+/// is `reconcile::is_owned`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
-    /// Devices whose permanent neighbour entries and FDB entries with a destination are all ours
-    /// (flannel.<VNI>, flannel-v6.<VNI>).
+    /// The backend's devices (flannel.<VNI>, flannel.ipip, flannel0, flannel-wg ...): their
+    /// permanent neighbour and FDB entries are ours, and so are protocol-boot routes through them
+    /// (what upstream flanneld left behind).
     pub devices: Vec<u32>,
-    /// Main-table, protocol-boot, unicast routes inside these networks and through one of
-    /// `route_oifs` are ours, except those for `exclude`.
+    /// The cluster networks: no route outside them is ever ours.
     pub networks: Vec<IpNet>,
+    /// The devices our routes go through (the backend's devices, the external interface).
     pub route_oifs: Vec<u32>,
+    /// Our own subnets: a protocol-boot route overlapping them is never ours.
     pub exclude: Vec<IpNet>,
+    /// The public IPs of the current leases (filled in by the reconciler): a protocol-boot route
+    /// through the external interface via one of them is a leftover of upstream flanneld.
+    pub peer_gateways: Vec<std::net::IpAddr>,
 }
 
 /// Facts about the underlay that `entries_for` may depend on (kept pure by passing them in).
@@ -120,6 +131,29 @@ pub trait Backend: Send + Sync {
     fn device_names(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Pure: entries the own lease needs whatever the peers (`<Network> dev flannel0`,
+    /// `<Network> dev flannel-wg scope link`). Reconciled like the per-peer entries.
+    fn own_entries(&self, _own: &Lease) -> Vec<Entry> {
+        Vec::new()
+    }
+
+    /// Where this backend's `Entry::Peer` entries are installed; `None` for backends without any.
+    fn peer_table(&self) -> Option<std::sync::Arc<dyn PeerTable>> {
+        None
+    }
+
+    /// Counters of the backend's own data path (udp, userspace WireGuard) for /metrics.
+    fn metrics(&self) -> Option<std::sync::Arc<dyn DataPathMetrics>> {
+        None
+    }
+}
+
+/// A backend data path's counters, rendered into /metrics.
+pub trait DataPathMetrics: Send + Sync {
+    /// Append the metrics in the Prometheus text exposition format (`# HELP`, `# TYPE`, samples),
+    /// each name starting with `flannel_`.
+    fn render(&self, out: &mut String);
 }
 
 /// The one `match` from backend type to implementation. `stored_mac` is the VTEP MAC kept from an

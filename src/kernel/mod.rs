@@ -157,6 +157,11 @@ pub struct Addr {
 /// rtm_protocol values we use.
 pub const RTPROT_KERNEL: u8 = 2;
 pub const RTPROT_BOOT: u8 = 3;
+/// The protocol of the routes this daemon writes (upstream writes `boot`): it marks them as ours,
+/// so an operator's route is never mistaken for one (`reconcile::is_owned`). Unassigned in
+/// `linux/rtnetlink.h`; `ip route` shows it as `proto 70`, or as `proto flannel` with the line
+/// `70 flannel` in `/etc/iproute2/rt_protos.d/flannel.conf`.
+pub const RTPROT_FLANNEL: u8 = 70;
 /// rtm_scope values.
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 pub const RT_SCOPE_LINK: u8 = 253;
@@ -189,14 +194,15 @@ pub struct Route {
 }
 
 impl Route {
-    /// A main-table, protocol-boot, unicast route as `ip route replace` would create it.
+    /// A main-table unicast route of ours (protocol `RTPROT_FLANNEL`), as `ip route replace ...
+    /// proto 70` would create it.
     pub fn unicast(dst: IpNet, gateway: Option<IpAddr>, oif: Option<u32>) -> Route {
         Route {
             dst,
             gateway,
             oif,
             table: RT_TABLE_MAIN,
-            protocol: RTPROT_BOOT,
+            protocol: RTPROT_FLANNEL,
             scope: RT_SCOPE_UNIVERSE,
             kind: RouteKind::Unicast,
             onlink: false,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::kernel::rtnl::RtNetlink;
-use crate::kernel::{NUD_PERMANENT, Netlink, RTPROT_BOOT};
+use crate::kernel::{NUD_PERMANENT, Netlink, RTPROT_BOOT, RTPROT_FLANNEL};
 use crate::subnet::env_file;
 
 const USAGE: &str = "usage: flanneld diag [-subnet-file PATH] [-healthz IP:PORT]\n";
@@ -163,11 +163,15 @@ fn kernel_summary(networks: &[IpNet]) -> Result<String, String> {
         for net in networks {
             let ours = routes
                 .iter()
-                .filter(|r| r.protocol == RTPROT_BOOT && net.contains(&r.dst) && r.dst != *net)
+                .filter(|r| {
+                    matches!(r.protocol, RTPROT_BOOT | RTPROT_FLANNEL)
+                        && net.contains(&r.dst)
+                        && r.dst != *net
+                })
                 .count();
             let _ = writeln!(
                 out,
-                "  routes inside {net} (protocol boot, as flanneld installs them): {ours}"
+                "  routes inside {net} (protocol 70 or boot, as flanneld installs them): {ours}"
             );
         }
         Ok(out)

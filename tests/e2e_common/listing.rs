@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{LeaseInfo, NETWORK, leases, logs, time_until};
-use crate::support::testbed::Testbed;
+use crate::support::testbed::{ROUTE_PROTO, Testbed};
 
 /// The vxlan device flanneld creates for VNI 1.
 pub const VXLAN_DEV: &str = "flannel.1";
@@ -141,7 +141,7 @@ pub fn vxlan_entries(tb: &Testbed, i: usize) -> Entries {
 }
 
 /// Spec 9.1: for each peer lease, `<net> lladdr <VtepMAC> PERMANENT`, `<VtepMAC> dst <PublicIP> self
-/// permanent` and `<subnet> via <net> dev flannel.1 onlink` (protocol boot, scope global).
+/// permanent` and `<subnet> via <net> dev flannel.1 onlink` (protocol 70, flanneld's own, scope global).
 pub fn expected_vxlan_entries(peers: &[&LeaseInfo]) -> Entries {
     let mac = |p: &LeaseInfo| p.vtep_mac.clone().unwrap_or_else(|| "<no VtepMAC>".into());
     Entries {
@@ -153,16 +153,16 @@ pub fn expected_vxlan_entries(peers: &[&LeaseInfo]) -> Entries {
         })),
         routes: canon_sorted(peers.iter().map(|p| {
             json!({"type": "unicast", "dst": p.subnet(), "gateway": p.network.to_string(),
-                   "dev": VXLAN_DEV, "protocol": "boot", "scope": "global", "flags": ["onlink"]})
+                   "dev": VXLAN_DEV, "protocol": ROUTE_PROTO, "scope": "global", "flags": ["onlink"]})
         })),
     }
 }
 
-/// Spec 9.2: for each peer lease, `<subnet> via <PublicIP> dev eth0` (protocol boot, no onlink).
+/// Spec 9.2: for each peer lease, `<subnet> via <PublicIP> dev eth0` (protocol 70, no onlink).
 pub fn expected_hostgw_routes(peers: &[&LeaseInfo]) -> Vec<String> {
     canon_sorted(peers.iter().map(|p| {
         json!({"type": "unicast", "dst": p.subnet(), "gateway": p.public_ip.to_string(),
-               "dev": "eth0", "protocol": "boot", "scope": "global", "flags": []})
+               "dev": "eth0", "protocol": ROUTE_PROTO, "scope": "global", "flags": []})
     }))
 }
 

@@ -96,7 +96,7 @@ fn apply_installs_route_neighbour_and_fdb_idempotently_and_deletes_them() {
     );
     assert_eq!(r[0]["gateway"], "198.18.2.0");
     assert_eq!(r[0]["dev"], "flannel.1");
-    assert_eq!(r[0]["protocol"], "boot");
+    assert_eq!(r[0]["protocol"], "70");
     assert!(r[0]["flags"].as_array().unwrap().iter().any(|f| f == "onlink"));
     let n = json(&a, "ip -j neigh show dev flannel.1");
     assert_eq!(n.as_array().unwrap().len(), 1);

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use super::netns::{Netns, veth};
 
 pub const ETCD_IP: &str = "192.0.2.100";
+/// How `ip` shows the protocol of the routes flanneld writes (`RTPROT_FLANNEL`).
+pub const ROUTE_PROTO: &str = "70";
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
 
 pub struct TestbedOptions {
@@ -312,12 +314,12 @@ impl Testbed {
         false
     }
 
-    /// The protocol-boot routes inside the pod network on node `i` (what flanneld programs), as
+    /// The routes flanneld wrote (protocol 70) inside the pod network on node `i` (what flanneld programs), as
     /// `ip route` prints them.
     pub fn flannel_routes(&self, i: usize) -> Vec<String> {
         self.nodes[i]
             .ns
-            .sh("ip route show root 198.18.0.0/15 proto boot")
+            .sh(&format!("ip route show root 198.18.0.0/15 proto {ROUTE_PROTO}"))
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())

@@ -5,12 +5,19 @@
 //! entry or the vxlan device deleted behind our back), removes entries of peers that left while we
 //! were down, and on restart changes nothing that is already right.
 //!
+//! Desired entries also include the backend's `own_entries` (routes the own lease needs whatever
+//! the peers) and its peer entries (`Entry::Peer`: udp table, WireGuard peers, extension
+//! commands), which are read from and applied to the backend's `PeerTable`.
+//!
 //! What is ours (and so may be deleted when no lease wants it) — see `plan::is_owned`:
-//! - routes of the main table, unicast, protocol `boot`, single next hop, whose output device is
-//!   one of `Ownership::route_oifs` and whose destination lies inside a cluster network
-//!   (`Ownership::networks`) without overlapping our own subnets (`Ownership::exclude`);
+//! - routes of the main table, unicast, single next hop, whose output device is one of
+//!   `Ownership::route_oifs` and whose destination lies inside a cluster network
+//!   (`Ownership::networks`), written by us (protocol `RTPROT_FLANNEL`), or written by upstream
+//!   flanneld (protocol `boot`) through one of the backend's devices or via a current node's
+//!   public IP, and not overlapping our own subnets; an operator's route is never ours;
 //! - permanent (NUD_PERMANENT) neighbours on the backend's devices (`Ownership::devices`);
-//! - permanent FDB entries with a destination and a non-zero MAC on the backend's devices.
+//! - permanent FDB entries with a destination and a non-zero MAC on the backend's devices;
+//! - the peer entries the backend's `PeerTable` reports.
 //!
 //! Everything else (other tables, other protocols, other devices, non-permanent or learned
 //! entries) is never touched. Shutdown leaves every entry in place (spec 11.3).
@@ -20,6 +27,7 @@
 //! - kernel events that make the kernel differ from the desired state (our own changes echoing
 //!   back do not count), that touch the backend's devices (then `ensure_devices` runs first), or
 //!   that touch the underlay (a route device going down or away, connected routes);
+//! - a change reported by the backend's peer table (`PeerTable::changes`);
 //! - a periodic full check (10 s) with `ensure_devices`;
 //! - a retry with exponential backoff (100 ms .. 10 s) after any failure.
 //!
@@ -36,7 +44,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::kernel::{KernelEvent, Netlink};
+use crate::kernel::Netlink;
 use crate::lease::{Lease, LeaseEvent};
 
 mod installed;
@@ -48,7 +56,7 @@ mod tests;
 mod worker;
 
 pub use installed::{Trigger, classify, read_installed, underlay_from};
-pub use plan::{DesiredSet, EntryKey, is_owned, plan, same_entry};
+pub use plan::{DesiredSet, EntryKey, Plan, is_foreign_route_in_network, is_owned, plan, same_entry};
 use worker::Worker;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +149,7 @@ impl Reconciler {
         let resync = self.timing.resync;
         let mut w = Worker::new(self);
         let mut events = w.subscribe().await;
+        let mut peer_changes = w.peer_table.as_ref().and_then(|t| t.changes());
         let mut tick = tokio::time::interval_at(Instant::now() + resync, resync);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -156,6 +165,10 @@ impl Reconciler {
                 event = next_event(&mut events) => match event {
                     Some(event) => w.on_kernel_event(&event),
                     None => w.events_lost(&mut events),
+                },
+                change = next_event(&mut peer_changes) => match change {
+                    Some(()) => w.need_pass = true,
+                    None => peer_changes = None,
                 },
                 _ = tick.tick() => {
                     w.need_pass = true;
@@ -184,7 +197,7 @@ impl Reconciler {
     }
 }
 
-async fn next_event(events: &mut Option<BoxStream<'static, KernelEvent>>) -> Option<KernelEvent> {
+async fn next_event<T>(events: &mut Option<BoxStream<'static, T>>) -> Option<T> {
     match events {
         Some(stream) => stream.next().await,
         None => std::future::pending().await,

@@ -4,15 +4,19 @@
 //!
 //! Ordering: all deletions first (routes, then FDB entries, then neighbours), then all additions
 //! (neighbours, then FDB entries, then routes), so a route never points at a missing neighbour.
-//! Within a group ops are sorted by key, so equal inputs give equal plans.
+//! Within a group ops are sorted by key, so equal inputs give equal plans. Peer entries (udp
+//! table, WireGuard peers, extension commands) are planned the same way into `Plan::peers`; the
+//! reconciler applies them after the kernel ops.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::backend::{Entry, Ownership};
-use crate::kernel::{Fdb, MacAddr, NUD_PERMANENT, Neigh, Op, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind};
+use crate::backend::{Entry, Ownership, PeerKey, PeerOp};
+use crate::kernel::{
+    Fdb, MacAddr, NUD_PERMANENT, Neigh, Op, RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_FLANNEL, Route, RouteKind,
+};
 
 /// The identity of an entry: the kernel keeps at most one object per key (for routes: per key and
 /// metric, which we do not use). Two entries with the same key are two versions of one object.
@@ -24,6 +28,7 @@ pub enum EntryKey {
     Fdb(u32, MacAddr),
     /// (table, destination)
     Route(u32, IpNet),
+    Peer(PeerKey),
 }
 
 impl EntryKey {
@@ -32,6 +37,7 @@ impl EntryKey {
             Entry::Neigh(n) => EntryKey::Neigh(n.index, n.ip),
             Entry::Fdb(f) => EntryKey::Fdb(f.index, f.mac),
             Entry::Route(r) => EntryKey::Route(r.table, r.dst),
+            Entry::Peer(p) => EntryKey::Peer(p.key()),
         }
     }
 }
@@ -65,6 +71,7 @@ pub fn same_entry(desired: &Entry, installed: &Entry) -> bool {
                 && d.onlink == i.onlink
                 && (d.prefsrc.is_none() || d.prefsrc == i.prefsrc)
         }
+        (Entry::Peer(d), Entry::Peer(i)) => d == i,
         _ => false,
     }
 }
@@ -77,30 +84,62 @@ fn overlaps_any(nets: &[IpNet], dst: &IpNet) -> bool {
     nets.iter().any(|n| n.contains(dst) || dst.contains(n))
 }
 
-/// Whether the reconciler owns this kernel object, and so may delete it when it is not desired.
+/// Whether the reconciler owns this object, and so may delete it when it is not desired.
 ///
-/// - A route: main table, unicast, protocol `boot`, a single next hop whose output device is in
-///   `route_oifs`, and a destination inside one of `networks` that does not overlap any of
-///   `exclude` (our own subnets, nor a prefix covering them, such as the whole network).
+/// - A route: main table, unicast, a single next hop whose output device is in `route_oifs`, a
+///   destination inside one of `networks`, and
+///   - protocol `RTPROT_FLANNEL` (only this daemon writes it), or
+///   - protocol `boot` (what upstream flanneld writes) and a destination that does not overlap
+///     `exclude` (our own subnets), and either an output device that is one of the backend's
+///     `devices` or a gateway that is a current node's public IP (`peer_gateways`).
+///
+///   So an operator's static route inside the cluster network through the external interface
+///   (protocol boot or static, via a gateway that is no node) is never ours; upstream's leftovers
+///   for peers that left are. A protocol-boot route a lease wants is adopted: the replace rewrites
+///   it in place with our protocol.
 /// - A neighbour: NUD_PERMANENT on one of `devices`.
 /// - An FDB entry: permanent, with a destination, for a non-zero MAC, on one of `devices`
 ///   (entries the kernel learned are not permanent and stay untouched).
+/// - A peer entry: always (its `PeerTable` reports only the peers it owns).
 pub fn is_owned(own: &Ownership, entry: &Entry) -> bool {
     match entry {
         Entry::Route(r) => is_owned_route(own, r),
         Entry::Neigh(n) => is_owned_neigh(own, n),
         Entry::Fdb(f) => is_owned_fdb(own, f),
+        Entry::Peer(_) => true,
     }
 }
 
 pub fn is_owned_route(own: &Ownership, r: &Route) -> bool {
+    let Some(oif) = r.oif else { return false };
+    let candidate = r.table == RT_TABLE_MAIN
+        && r.kind == RouteKind::Unicast
+        && !r.multipath
+        && own.route_oifs.contains(&oif)
+        && inside_any(&own.networks, &r.dst);
+    candidate
+        && match r.protocol {
+            RTPROT_FLANNEL => true,
+            RTPROT_BOOT => {
+                !overlaps_any(&own.exclude, &r.dst)
+                    && (own.devices.contains(&oif)
+                        || r.gateway.is_some_and(|gw| own.peer_gateways.contains(&gw)))
+            }
+            _ => false,
+        }
+}
+
+/// A protocol-boot route inside the cluster network through one of our route devices that is not
+/// ours: possibly an operator's, possibly upstream's leftover for a node that is gone. The
+/// reconciler leaves it alone and names it once.
+pub fn is_foreign_route_in_network(own: &Ownership, r: &Route) -> bool {
     r.table == RT_TABLE_MAIN
         && r.kind == RouteKind::Unicast
         && r.protocol == RTPROT_BOOT
-        && !r.multipath
         && r.oif.is_some_and(|oif| own.route_oifs.contains(&oif))
         && inside_any(&own.networks, &r.dst)
         && !overlaps_any(&own.exclude, &r.dst)
+        && !is_owned_route(own, r)
 }
 
 pub fn is_owned_neigh(own: &Ownership, n: &Neigh) -> bool {
@@ -137,18 +176,36 @@ impl<'a> DesiredSet<'a> {
     }
 }
 
-/// The ops that turn `installed` (owned entries as read from the kernel) into `desired`.
+/// The changes of one pass: kernel ops (for rtnetlink) and peer ops (for the backend's
+/// `PeerTable`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Plan {
+    pub kernel: Vec<Op>,
+    pub peers: Vec<PeerOp>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.kernel.is_empty() && self.peers.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.kernel.len() + self.peers.len()
+    }
+}
+
+/// The kernel ops that turn `installed` (owned entries as read from the kernel) into `desired`.
 ///
 /// A desired entry whose key has no installed entry is added; one whose installed entry differs
 /// is replaced in place (no gap). Installed entries that are not desired are deleted, including
 /// extra versions of a desired key (when one of them is already right it is the one kept).
 /// Desired entries that share a key with an earlier one are dropped (the first wins).
 pub fn plan(desired: &[Entry], installed: &[Entry]) -> Vec<Op> {
-    plan_desired(&DesiredSet::new(desired), installed)
+    plan_desired(&DesiredSet::new(desired), installed).kernel
 }
 
-/// `plan` with the desired entries already keyed (the reconciler keys them once per pass).
-pub fn plan_desired(desired: &DesiredSet<'_>, installed: &[Entry]) -> Vec<Op> {
+/// `plan` for kernel and peer entries, with the desired entries already keyed (the reconciler
+/// keys them once per pass).
+pub fn plan_desired(desired: &DesiredSet<'_>, installed: &[Entry]) -> Plan {
     let mut installed_by_key: BTreeMap<EntryKey, Vec<&Entry>> = BTreeMap::new();
     for e in installed {
         installed_by_key.entry(EntryKey::of(e)).or_default().push(e);
@@ -184,30 +241,41 @@ pub fn plan_desired(desired: &DesiredSet<'_>, installed: &[Entry]) -> Vec<Op> {
         Entry::Route(_) => 0,
         Entry::Fdb(_) => 1,
         Entry::Neigh(_) => 2,
+        Entry::Peer(_) => 3,
     };
     let rank_add = |e: &Entry| match e {
-        Entry::Neigh(_) => 0,
-        Entry::Fdb(_) => 1,
-        Entry::Route(_) => 2,
+        Entry::Peer(_) => 0,
+        Entry::Neigh(_) => 1,
+        Entry::Fdb(_) => 2,
+        Entry::Route(_) => 3,
     };
     deletes.sort_by(|a, b| rank_delete(a).cmp(&rank_delete(b)).then_with(|| a.cmp(b)));
     replaces.sort_by(|a, b| rank_add(a).cmp(&rank_add(b)).then_with(|| a.cmp(b)));
 
-    let mut ops = Vec::with_capacity(deletes.len() + replaces.len());
-    ops.extend(deletes.into_iter().map(|e| match e {
-        Entry::Route(r) => Op::DeleteRoute(r.clone()),
-        Entry::Fdb(f) => Op::DeleteFdb(f.clone()),
-        Entry::Neigh(n) => Op::DeleteNeigh(n.clone()),
-    }));
-    ops.extend(replaces.into_iter().map(|e| match e {
-        Entry::Route(r) => Op::ReplaceRoute(r.clone()),
-        Entry::Fdb(f) => Op::ReplaceFdb(f.clone()),
-        Entry::Neigh(n) => Op::ReplaceNeigh(n.clone()),
-    }));
-    ops
+    let mut out = Plan {
+        kernel: Vec::with_capacity(deletes.len() + replaces.len()),
+        peers: Vec::new(),
+    };
+    for e in deletes {
+        match e {
+            Entry::Route(r) => out.kernel.push(Op::DeleteRoute(r.clone())),
+            Entry::Fdb(f) => out.kernel.push(Op::DeleteFdb(f.clone())),
+            Entry::Neigh(n) => out.kernel.push(Op::DeleteNeigh(n.clone())),
+            Entry::Peer(p) => out.peers.push(PeerOp::Delete(p.clone())),
+        }
+    }
+    for e in replaces {
+        match e {
+            Entry::Route(r) => out.kernel.push(Op::ReplaceRoute(r.clone())),
+            Entry::Fdb(f) => out.kernel.push(Op::ReplaceFdb(f.clone())),
+            Entry::Neigh(n) => out.kernel.push(Op::ReplaceNeigh(n.clone())),
+            Entry::Peer(p) => out.peers.push(PeerOp::Replace(p.clone())),
+        }
+    }
+    out
 }
 
-/// The entry an op acts on.
+/// The entry a kernel op acts on.
 pub fn op_entry(op: &Op) -> Entry {
     match op {
         Op::ReplaceRoute(r) | Op::DeleteRoute(r) => Entry::Route(r.clone()),

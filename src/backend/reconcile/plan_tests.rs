@@ -11,6 +11,7 @@ use crate::kernel::{
     Fdb, Link, MacAddr, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, Neigh, Op, RT_SCOPE_LINK, RTPROT_KERNEL,
     Route, RouteKind,
 };
+use crate::kernel::{KernelEvent, RTPROT_BOOT, RTPROT_FLANNEL};
 
 const DEV: u32 = 5;
 const EXT: u32 = 2;
@@ -45,6 +46,7 @@ fn ownership() -> Ownership {
         networks: vec![net("198.18.0.0/16")],
         route_oifs: vec![DEV, EXT],
         exclude: vec![net("198.18.1.0/24")],
+        ..Ownership::default()
     }
 }
 
@@ -137,6 +139,7 @@ fn equality_ignores_what_the_kernel_fills_in() {
                 self_flag: false,
                 ..f
             }),
+            Entry::Peer(p) => Entry::Peer(p),
         })
         .collect();
     assert!(plan(&want, &have).is_empty());
@@ -229,9 +232,18 @@ fn conflicting_desired_entries_first_wins() {
 fn ownership_of_routes() {
     let own = ownership();
     let ours = route_of(&triple(2));
+    assert_eq!(ours.protocol, RTPROT_FLANNEL);
     assert!(is_owned(&own, &Entry::Route(ours.clone())));
     let direct = Route::unicast(net("198.18.3.0/24"), Some(ip("192.0.2.3")), Some(EXT));
-    assert!(is_owned(&own, &Entry::Route(direct)));
+    assert!(is_owned(&own, &Entry::Route(direct.clone())));
+    // Ours from an earlier lease of this node (the subnet is ours now): stale, so ours to delete.
+    assert!(is_owned(
+        &own,
+        &Entry::Route(Route {
+            dst: net("198.18.1.0/24"),
+            ..ours.clone()
+        })
+    ));
     let not_ours = [
         // outside the cluster network
         Route {
@@ -254,21 +266,6 @@ fn ownership_of_routes() {
             oif: Some(77),
             ..ours.clone()
         },
-        // our own subnet, and a prefix covering it (the whole network)
-        Route {
-            dst: net("198.18.1.0/24"),
-            ..ours.clone()
-        },
-        Route {
-            dst: net("198.18.1.128/25"),
-            ..ours.clone()
-        },
-        Route {
-            dst: net("198.18.0.0/16"),
-            gateway: None,
-            onlink: false,
-            ..ours.clone()
-        },
         // not unicast, or several next hops
         Route {
             kind: RouteKind::Blackhole,
@@ -284,6 +281,61 @@ fn ownership_of_routes() {
     for r in not_ours {
         assert!(!is_owned(&own, &Entry::Route(r.clone())), "{r:?}");
     }
+}
+
+#[test]
+fn upstreams_boot_routes_are_ours_only_through_our_device_or_via_a_node() {
+    let mut own = ownership();
+    own.peer_gateways = vec![ip("192.0.2.3")];
+    let boot = |r: Route| Route {
+        protocol: RTPROT_BOOT,
+        ..r
+    };
+    let upstream_onlink = boot(route_of(&triple(2)));
+    assert!(is_owned(&own, &Entry::Route(upstream_onlink.clone())));
+    // Upstream's DirectRouting / host-gw route via a current node's public IP.
+    let via_node = boot(Route::unicast(
+        net("198.18.3.0/24"),
+        Some(ip("192.0.2.3")),
+        Some(EXT),
+    ));
+    assert!(is_owned(&own, &Entry::Route(via_node.clone())));
+    let operators = [
+        // `ip route add 198.18.9.0/24 via 192.0.2.254 dev eth0`: a gateway that is no node
+        boot(Route::unicast(
+            net("198.18.9.0/24"),
+            Some(ip("192.0.2.254")),
+            Some(EXT),
+        )),
+        // the same through eth0 without a gateway
+        boot(Route::unicast(net("198.18.9.0/24"), None, Some(EXT))),
+        // `proto static` through our own device
+        Route {
+            protocol: 4,
+            ..upstream_onlink.clone()
+        },
+        // protocol boot overlapping our own subnet or covering it
+        Route {
+            dst: net("198.18.1.128/25"),
+            ..upstream_onlink.clone()
+        },
+        Route {
+            dst: net("198.18.0.0/16"),
+            gateway: None,
+            onlink: false,
+            ..upstream_onlink.clone()
+        },
+    ];
+    for r in &operators {
+        assert!(!is_owned(&own, &Entry::Route(r.clone())), "{r:?}");
+    }
+    // Those through a route device and inside the network are named as foreign (left in place).
+    assert!(is_foreign_route_in_network(&own, &operators[0]));
+    assert!(is_foreign_route_in_network(&own, &operators[1]));
+    assert!(!is_foreign_route_in_network(&own, &via_node));
+    // Without the node, its route is an operator's as far as we can tell.
+    own.peer_gateways.clear();
+    assert!(!is_owned(&own, &Entry::Route(via_node)));
 }
 
 #[test]

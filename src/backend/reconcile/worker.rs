@@ -13,10 +13,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::installed::{self, Trigger, classify, underlay_from};
-use super::plan::{self, DesiredSet, EntryKey, is_owned};
+use super::plan::{self, DesiredSet, EntryKey, Plan, is_foreign_route_in_network, is_owned};
 use super::{ReconcileStatus, ReconcileTiming, Reconciler};
-use crate::backend::{Backend, Entry, Ownership};
-use crate::kernel::{KResult, KernelError, KernelEvent, Netlink, Op};
+use crate::backend::{Backend, Entry, Ownership, PeerTable, Underlay};
+use crate::kernel::{KernelError, KernelEvent, Netlink, Route};
 use crate::lease::{Lease, LeaseEvent};
 
 type LeaseId = (Option<Ipv4Net>, Option<Ipv6Net>);
@@ -31,6 +31,8 @@ const FIGHT_REPEATS: u32 = 2;
 pub(super) struct Worker {
     netlink: Arc<dyn Netlink>,
     backend: Box<dyn Backend>,
+    /// Where the backend's peer entries live (udp table, WireGuard device, extension record).
+    pub(super) peer_table: Option<Arc<dyn PeerTable>>,
     own: Lease,
     timing: ReconcileTiming,
     status_tx: watch::Sender<ReconcileStatus>,
@@ -69,9 +71,11 @@ impl Worker {
     pub(super) fn new(r: Reconciler) -> Worker {
         let ownership = r.backend.ownership(&r.own);
         let device_names = r.backend.device_names();
+        let peer_table = r.backend.peer_table();
         Worker {
             netlink: r.netlink,
             backend: r.backend,
+            peer_table,
             own: r.own,
             timing: r.timing,
             status_tx: r.status,
@@ -216,24 +220,28 @@ impl Worker {
             self.device_names = self.backend.device_names();
         }
         self.ownership = self.backend.ownership(&self.own);
+        self.ownership.peer_gateways = self.peer_gateways();
 
-        let (installed, underlay) = match self.read().await {
+        let (installed, underlay, routes) = match self.read().await {
             Ok(read) => read,
             Err(e) => {
-                self.record_error(&mut errors, format!("reading installed entries: {e}"));
+                self.record_error(&mut errors, e);
                 self.finish(errors, 0, false);
                 return;
             }
         };
-        let desired: Vec<Entry> = self
-            .leases
-            .values()
-            .flat_map(|l| self.backend.entries_for(l, &underlay))
-            .collect();
+        let mut desired: Vec<Entry> = self.backend.own_entries(&self.own);
+        desired.extend(
+            self.leases
+                .values()
+                .flat_map(|l| self.backend.entries_for(l, &underlay)),
+        );
         // Keyed once per pass: for the conflict warnings, the plan, and event triage.
         let desired_set = DesiredSet::new(&desired);
         self.check_desired(&desired, &desired_set.conflicts);
-        let ops = plan::plan_desired(&desired_set, &installed);
+        self.note_foreign_routes(&routes, &desired_set);
+        drop(routes);
+        let plan = plan::plan_desired(&desired_set, &installed);
         self.desired = desired_set
             .by_key
             .into_iter()
@@ -243,14 +251,14 @@ impl Worker {
         self.status.leases = self.leases.len();
 
         self.status.installed = installed.len();
-        let failed_ops = if ops.is_empty() {
+        let failed_ops = if plan.is_empty() {
             0
         } else {
-            self.apply(&ops, &installed, repairing).await
+            self.apply(&plan, &installed, repairing).await
         };
-        let fighting = self.note_repeats(&ops, failed_ops == 0 && errors.is_empty() && !lease_dirty);
-        let bulk = ops.len() >= crate::memory::BULK_OPS;
-        drop(ops);
+        let fighting = self.note_repeats(&plan, failed_ops == 0 && errors.is_empty() && !lease_dirty);
+        let bulk = plan.len() >= crate::memory::BULK_OPS;
+        drop(plan);
         drop(desired);
         drop(installed);
         self.finish(errors, failed_ops, fighting);
@@ -259,62 +267,144 @@ impl Worker {
         }
     }
 
-    async fn read(&self) -> KResult<(Vec<Entry>, crate::backend::Underlay)> {
-        let routes = self.netlink.routes().await?;
-        let installed = installed::read_installed(&*self.netlink, &self.ownership, &routes).await?;
-        Ok((installed, underlay_from(&routes, &self.ownership)))
+    /// The public IPs of the current leases (see `Ownership::peer_gateways`).
+    fn peer_gateways(&self) -> Vec<std::net::IpAddr> {
+        let mut ips: Vec<std::net::IpAddr> = self
+            .leases
+            .values()
+            .flat_map(|l| {
+                let v4 = Some(l.attrs.public_ip)
+                    .filter(|ip| !ip.is_unspecified())
+                    .map(std::net::IpAddr::V4);
+                v4.into_iter()
+                    .chain(l.attrs.public_ipv6.map(std::net::IpAddr::V6))
+            })
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips
     }
 
-    /// Apply the ops in one call; log and count each result. Returns how many failed.
-    async fn apply(&mut self, ops: &[Op], installed: &[Entry], repairing: bool) -> usize {
+    /// Owned kernel entries, peer entries, the underlay, and the route dump, read once per pass.
+    async fn read(&self) -> Result<(Vec<Entry>, Underlay, Vec<Route>), String> {
+        let routes = self
+            .netlink
+            .routes()
+            .await
+            .map_err(|e| format!("reading installed entries: {e}"))?;
+        let mut installed = installed::read_installed(&*self.netlink, &self.ownership, &routes)
+            .await
+            .map_err(|e| format!("reading installed entries: {e}"))?;
+        if let Some(table) = &self.peer_table {
+            let peers = table
+                .installed()
+                .await
+                .map_err(|e| format!("reading installed peers: {e}"))?;
+            installed.extend(peers.into_iter().map(Entry::Peer));
+        }
+        let underlay = underlay_from(&routes, &self.ownership);
+        Ok((installed, underlay, routes))
+    }
+
+    /// Name (once each) protocol-boot routes inside the cluster network that are not ours and that
+    /// no lease wants: an operator's, or upstream's leftover for a node that is gone.
+    fn note_foreign_routes(&mut self, routes: &[Route], desired: &DesiredSet<'_>) {
+        for r in routes
+            .iter()
+            .filter(|r| is_foreign_route_in_network(&self.ownership, r))
+        {
+            if desired.by_key.contains_key(&EntryKey::Route(r.table, r.dst)) {
+                continue; // a lease wants this destination: the plan adopts the route
+            }
+            if self.warned.insert(format!("foreign {r:?}")) {
+                let via = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+                tracing::warn!(route = %r.dst, via = %via,
+                    "a route inside the cluster network that no lease explains and that flanneld did not write is left in place; delete it if it is stale");
+            }
+        }
+    }
+
+    /// Apply the plan (kernel ops in one netlink call, then peer ops in one table call); log and
+    /// count each result. Returns how many failed.
+    async fn apply(&mut self, plan: &Plan, installed: &[Entry], repairing: bool) -> usize {
         let had: HashSet<EntryKey> = installed.iter().map(EntryKey::of).collect();
         let mut installed_count = installed.len();
-        let results = self.netlink.apply(ops).await;
-        let (mut replaced, mut deleted, mut failed) = (0usize, 0usize, 0usize);
-        for (i, op) in ops.iter().enumerate() {
-            let text = op.to_string();
-            let delete = plan::is_delete(op);
-            let result = results.get(i).cloned().unwrap_or_else(|| {
-                Err(KernelError::Failed {
-                    op: "applying".into(),
-                    object: text.clone(),
-                    message: "the kernel seam returned no result".into(),
-                    errno: None,
-                })
-            });
-            match result {
-                Ok(()) => {}
-                Err(e) if delete && e.is_not_found() => {}
-                Err(e) => {
-                    failed += 1;
-                    let err = e.to_string();
-                    if self.failing_ops.get(&text) == Some(&err) {
-                        tracing::debug!(op = %text, error = %err, "kernel op still failing");
-                    } else {
-                        tracing::warn!(op = %text, error = %err, "kernel op failed; will retry");
-                    }
-                    self.status.last_error = Some(format!("{text}: {err}"));
-                    self.failing_ops.insert(text, err);
-                    continue;
-                }
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(plan.len());
+        if !plan.kernel.is_empty() {
+            let results = self.netlink.apply(&plan.kernel).await;
+            for (i, op) in plan.kernel.iter().enumerate() {
+                let text = op.to_string();
+                let result = results.get(i).cloned().unwrap_or_else(|| {
+                    Err(KernelError::Failed {
+                        op: "applying".into(),
+                        object: text.clone(),
+                        message: "the kernel seam returned no result".into(),
+                        errno: None,
+                    })
+                });
+                let delete = plan::is_delete(op);
+                outcomes.push(Outcome {
+                    key: EntryKey::of(&plan::op_entry(op)),
+                    delete,
+                    error: match result {
+                        Ok(()) => None,
+                        Err(e) if delete && e.is_not_found() => None,
+                        Err(e) => Some(e.to_string()),
+                    },
+                    text,
+                });
             }
-            self.failing_ops.remove(&text);
-            if delete {
+        }
+        if !plan.peers.is_empty() {
+            let results = match &self.peer_table {
+                Some(table) => table.apply(&plan.peers).await,
+                None => Vec::new(),
+            };
+            for (i, op) in plan.peers.iter().enumerate() {
+                let delete = matches!(op, crate::backend::PeerOp::Delete(_));
+                outcomes.push(Outcome {
+                    key: EntryKey::Peer(op.entry().key()),
+                    delete,
+                    error: match results.get(i) {
+                        Some(Ok(())) => None,
+                        Some(Err(e)) if delete && e.not_found => None,
+                        Some(Err(e)) => Some(e.to_string()),
+                        None => Some("the backend has no peer table for this entry".to_string()),
+                    },
+                    text: op.to_string(),
+                });
+            }
+        }
+        let (mut replaced, mut deleted, mut failed) = (0usize, 0usize, 0usize);
+        for o in outcomes {
+            if let Some(err) = o.error {
+                failed += 1;
+                if self.failing_ops.get(&o.text) == Some(&err) {
+                    tracing::debug!(op = %o.text, error = %err, "kernel op still failing");
+                } else {
+                    tracing::warn!(op = %o.text, error = %err, "kernel op failed; will retry");
+                }
+                self.status.last_error = Some(format!("{}: {err}", o.text));
+                self.failing_ops.insert(o.text, err);
+                continue;
+            }
+            self.failing_ops.remove(&o.text);
+            if o.delete {
                 deleted += 1;
                 installed_count = installed_count.saturating_sub(1);
             } else {
                 replaced += 1;
-                if !had.contains(&EntryKey::of(&plan::op_entry(op))) {
+                if !had.contains(&o.key) {
                     installed_count += 1;
                 }
             }
             if repairing {
                 self.status.repairs += 1;
-                tracing::info!(op = %text, "repaired drift");
-            } else if delete {
-                tracing::info!(op = %text, "removed an entry no lease wants");
+                tracing::info!(op = %o.text, "repaired drift");
+            } else if o.delete {
+                tracing::info!(op = %o.text, "removed an entry no lease wants");
             } else {
-                tracing::debug!(op = %text, "applied");
+                tracing::debug!(op = %o.text, "applied");
             }
         }
         tracing::info!(
@@ -326,7 +416,12 @@ impl Worker {
         );
         // Forget failures of ops this pass no longer needed (texts are only built when some are kept).
         if !self.failing_ops.is_empty() {
-            let planned: HashSet<String> = ops.iter().map(|o| o.to_string()).collect();
+            let planned: HashSet<String> = plan
+                .kernel
+                .iter()
+                .map(|o| o.to_string())
+                .chain(plan.peers.iter().map(|o| o.to_string()))
+                .collect();
             self.failing_ops.retain(|k, _| planned.contains(k));
         }
         self.status.installed = installed_count;
@@ -336,7 +431,7 @@ impl Worker {
     /// Track the same ops being needed again and again; true when kernel-event passes should
     /// slow down (a fight with another program, or the kernel reporting our entries differently
     /// from how we write them).
-    fn note_repeats(&mut self, ops: &[Op], clean: bool) -> bool {
+    fn note_repeats(&mut self, ops: &Plan, clean: bool) -> bool {
         let released = std::mem::take(&mut self.released);
         if ops.is_empty() {
             self.last_ops = None;
@@ -356,7 +451,9 @@ impl Worker {
             return false;
         }
         if self.warned.insert(format!("fight {fingerprint}")) {
-            let first = ops.first().map(|o| o.to_string()).unwrap_or_default();
+            let first = (ops.kernel.first().map(|o| o.to_string()))
+                .or_else(|| ops.peers.first().map(|o| o.to_string()))
+                .unwrap_or_default();
             tracing::warn!(ops = ops.len(), first = %first,
                 "the same kernel entries keep needing repair; slowing down repairs of them");
         }
@@ -408,4 +505,12 @@ impl Worker {
         }
         self.status_tx.send_replace(self.status.clone());
     }
+}
+
+/// The result of one op of a pass, kernel or peer, for logging and counting.
+struct Outcome {
+    text: String,
+    key: EntryKey,
+    delete: bool,
+    error: Option<String>,
 }

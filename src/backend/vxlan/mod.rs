@@ -330,6 +330,7 @@ impl Backend for VxlanBackend {
             networks: self.devices().filter_map(|d| d.network).collect(),
             route_oifs,
             exclude: own_subnets(own),
+            ..Ownership::default()
         }
     }
 

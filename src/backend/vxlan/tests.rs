@@ -1,6 +1,6 @@
 use super::*;
 use crate::backend::testutil::*;
-use crate::kernel::{Addr, Link, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT, VxlanInfo, VxlanSpec};
+use crate::kernel::{Addr, Link, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, VxlanInfo, VxlanSpec};
 use crate::netconf::BackendConfig;
 
 fn backend(k_ext: &ExternalInterface, cfg: VxlanConfig, stored: Option<MacAddr>) -> VxlanBackend {
@@ -307,7 +307,7 @@ fn entries_for_a_peer_are_neighbour_fdb_and_onlink_route() {
         gateway: Some(ip("198.18.2.0")),
         oif: Some(dev),
         table: RT_TABLE_MAIN,
-        protocol: RTPROT_BOOT,
+        protocol: crate::kernel::RTPROT_FLANNEL,
         scope: RT_SCOPE_UNIVERSE,
         kind: crate::kernel::RouteKind::Unicast,
         onlink: true,

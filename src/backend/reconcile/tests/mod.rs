@@ -18,6 +18,8 @@ use crate::kernel::{Fdb, NUD_PERMANENT, NUD_REACHABLE, Neigh, Op, RT_SCOPE_LINK,
 use crate::lease::LeaseEvent::{Added, Removed};
 use crate::netconf::BackendConfig;
 
+mod ownership;
+mod peers;
 mod resilience;
 
 struct Running {
@@ -93,6 +95,7 @@ fn has_entry(k: &FakeKernel, e: &Entry) -> bool {
         Entry::Neigh(n) => k.all_neighs().contains(n),
         Entry::Fdb(f) => k.all_fdbs().contains(f),
         Entry::Route(r) => k.all_routes().contains(r),
+        Entry::Peer(_) => unreachable!("vxlan has no peer entries"),
     }
 }
 
@@ -125,6 +128,7 @@ async fn preinstall(k: &FakeKernel, entries: &[Entry]) {
             Entry::Neigh(n) => Op::ReplaceNeigh(n.clone()),
             Entry::Fdb(f) => Op::ReplaceFdb(f.clone()),
             Entry::Route(r) => Op::ReplaceRoute(r.clone()),
+            Entry::Peer(_) => unreachable!("vxlan has no peer entries"),
         })
         .collect();
     assert!(k.apply(&ops).await.iter().all(|r| r.is_ok()));
@@ -191,6 +195,7 @@ async fn drift_is_repaired_and_counted() {
             Entry::Neigh(n) => k.remove_neigh(n),
             Entry::Fdb(f) => k.remove_fdb(f),
             Entry::Route(rt) => k.remove_route(rt),
+            Entry::Peer(_) => unreachable!("vxlan has no peer entries"),
         };
         assert!(removed);
         let s = r.next_converged().await;

@@ -249,7 +249,10 @@ fn route_replace_is_the_flannel_onlink_route() {
         panic!()
     };
     assert_eq!(m.header.table, 254);
-    assert_eq!(m.header.protocol, RouteProtocol::Boot);
+    assert_eq!(
+        m.header.protocol,
+        RouteProtocol::Other(crate::kernel::RTPROT_FLANNEL)
+    );
     assert_eq!(m.header.scope, RouteScope::Universe);
     assert_eq!(m.header.kind, RouteType::Unicast);
     assert_eq!(m.header.flags, RouteFlags::Onlink);
