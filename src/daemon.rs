@@ -28,6 +28,7 @@ use crate::status::DaemonStatus;
 use crate::subnet::env_file::PreviousSubnets;
 use crate::subnet::etcd::EtcdSubnetManager;
 use crate::subnet::{LeaseOutcome, SubnetError, SubnetManager, env_file};
+use crate::supervisor::{Supervisor, TaskExit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Lease(SubnetError),
     #[error("setting up the firewall rules: {0}")]
     Traffic(crate::traffic::TrafficError),
+    #[error("{0}; exiting so that the node is restarted rather than left half working")]
+    TaskEnded(TaskExit),
 }
 
 impl DaemonError {
@@ -68,6 +71,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     install_signal_handlers(shutdown.clone());
     let status = Arc::new(DaemonStatus::default());
+    let mut tasks = Supervisor::new();
 
     // What the previous run left in subnet.env: the etcd manager's preferred subnet and the
     // traffic manager's old rules to recycle (read before this run rewrites the file).
@@ -79,11 +83,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let addr = http::listen_addr(&config.healthz_ip, config.healthz_port)?;
         let listener = http::bind(addr).await?;
         info!(%addr, "serving /healthz, /readyz and /metrics");
-        tokio::spawn(http::serve(
+        let serve = http::serve(
             listener,
             status.clone() as Arc<dyn StatusSource>,
             shutdown.clone(),
-        ));
+        );
+        tasks.spawn("health server", async move {
+            serve.await;
+            Ok::<(), String>(())
+        });
     }
 
     let Some(netconf) = manager
@@ -144,7 +152,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(backend_err)?;
 
     // Traffic manager (spec 11.1 step 10).
-    let _traffic = crate::traffic::start(
+    let traffic = crate::traffic::start(
         &config,
         &netconf,
         &lease,
@@ -154,6 +162,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await
     .map_err(DaemonError::Traffic)?;
+    tasks.spawn("firewall upkeep", async move {
+        traffic.await;
+        Ok::<(), String>(())
+    });
 
     let contents = env_file::render(&netconf, &lease, mtu, config.ip_masq);
     match env_file::write_atomic(&config.subnet_file, contents.as_bytes()) {
@@ -168,13 +180,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let reconciler = Reconciler::new(netlink.clone(), backend, lease.clone());
     status.set_reconcile(reconciler.status());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let reconcile_task = tokio::spawn(reconciler.run(events_rx, shutdown.clone()));
-    let watch_task = tokio::spawn(forward_lease_events(
-        manager.watch_leases(),
-        lease.clone(),
-        events_tx,
-        shutdown.clone(),
-    ));
+    tasks.spawn("reconciler", reconciler.run(events_rx, shutdown.clone()));
+    let watch = forward_lease_events(manager.watch_leases(), lease.clone(), events_tx, shutdown.clone());
+    tasks.spawn("lease watch", async move {
+        watch.await;
+        Ok::<(), String>(())
+    });
 
     match crate::sdnotify::notify("READY=1") {
         Ok(true) => info!("notified systemd: READY=1"),
@@ -182,24 +193,54 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => warn!("{e}"),
     }
 
-    match manager.complete_lease(&lease, shutdown.clone()).await {
-        Ok(LeaseOutcome::Revoked) => {
-            warn!(
-                "our lease was deleted from the datastore; shutting down (the data plane is left in place)"
-            );
-            shutdown.cancel();
+    let outcome = supervise(manager.as_ref(), &lease, &mut tasks, &shutdown).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tasks.join_all()).await;
+    match outcome {
+        Ok(()) => {
+            info!("exiting cleanly; devices, routes, neighbour and FDB entries are left in place");
+            Ok(())
         }
-        Ok(_) => {}
-        Err(e) => error!("keeping the lease alive: {e}"),
+        Err(exit) => {
+            error!("{exit}; the data plane is left in place");
+            Err(DaemonError::TaskEnded(exit))
+        }
     }
-    shutdown.cancelled().await;
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        let _ = watch_task.await;
-        let _ = reconcile_task.await;
-    })
-    .await;
-    info!("exiting cleanly; devices, routes, neighbour and FDB entries are left in place");
-    Ok(())
+}
+
+/// Keep the lease alive (etcd renewal; kube: one status patch) and watch the long-lived tasks
+/// until shutdown. A task that ends before shutdown is returned as the error.
+async fn supervise(
+    manager: &dyn SubnetManager,
+    lease: &Lease,
+    tasks: &mut Supervisor,
+    shutdown: &CancellationToken,
+) -> Result<(), TaskExit> {
+    let upkeep = async {
+        match manager.complete_lease(lease, shutdown.clone()).await {
+            Ok(LeaseOutcome::Revoked) => {
+                warn!(
+                    "our lease was deleted from the datastore; shutting down (the data plane is left in place)"
+                );
+                shutdown.cancel();
+            }
+            Ok(_) => {}
+            Err(e) => error!("keeping the lease alive: {e}"),
+        }
+        // Done (kube returns at once): the tasks and the shutdown signal decide from here.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        _ = upkeep => Ok(()),
+        exit = tasks.next_exit() => {
+            if shutdown.is_cancelled() {
+                Ok(())
+            } else {
+                Err(exit)
+            }
+        }
+    }
 }
 
 /// The etcd or Kubernetes subnet manager, as configured.

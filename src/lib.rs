@@ -28,5 +28,6 @@ pub mod netconf;
 pub mod sdnotify;
 pub mod status;
 pub mod subnet;
+pub mod supervisor;
 pub mod tools;
 pub mod traffic;

@@ -1,8 +1,10 @@
 //! What the daemon reports on /readyz and /metrics: startup progress plus the reconciler's status.
 //!
-//! Ready means: subnet.env is written (as upstream) **and** the reconciler has programmed the first
-//! complete view of the cluster's leases (stricter than upstream, whose /readyz says nothing about
-//! peers).
+//! Ready means: subnet.env is written (as upstream) **and** a reconcile pass over the first
+//! complete view of the cluster's leases left every desired entry installed **and** passes have
+//! not kept failing for `NOT_READY_AFTER` since (stricter than upstream, whose /readyz says
+//! nothing about peers). A single failed pass does not flip readiness (the retry usually fixes
+//! it within a second); a failure that lasts does.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,9 @@ use tokio::sync::watch;
 use crate::backend::DataPathMetrics;
 use crate::backend::reconcile::ReconcileStatus;
 use crate::http::StatusSource;
+
+/// Passes failing for this long make the node not ready.
+pub const NOT_READY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct DaemonStatus {
@@ -48,7 +53,9 @@ impl DaemonStatus {
 impl StatusSource for DaemonStatus {
     fn ready(&self) -> bool {
         self.subnet_file_written.load(Ordering::SeqCst)
-            && self.reconcile_status().is_some_and(|s| s.synced && s.passes > 0)
+            && self
+                .reconcile_status()
+                .is_some_and(|s| s.synced && s.converged_once && s.failing_for < NOT_READY_AFTER)
     }
 
     fn metrics(&self) -> String {
@@ -87,6 +94,12 @@ impl StatusSource for DaemonStatus {
             "1 when the last reconcile pass succeeded.",
             "gauge",
             f64::from(u8::from(s.converged)),
+        );
+        gauge(
+            "flannel_reconcile_failing_seconds",
+            "How long reconcile passes have kept failing (0 after a converged pass).",
+            "gauge",
+            s.failing_for.as_secs_f64(),
         );
         gauge(
             "flannel_reconcile_passes_total",
@@ -139,7 +152,22 @@ mod tests {
             s.synced = true;
             s.passes = 1;
         });
+        assert!(!status.ready(), "a pass ran but did not install everything");
+        tx.send_modify(|s| {
+            s.passes = 2;
+            s.converged = true;
+            s.converged_once = true;
+        });
         assert!(status.ready());
         assert!(status.metrics().contains("flannel_ready 1"));
+        // One failed pass does not flip readiness; passes failing for long do.
+        tx.send_modify(|s| {
+            s.converged = false;
+            s.failing_for = std::time::Duration::from_secs(1);
+        });
+        assert!(status.ready());
+        tx.send_modify(|s| s.failing_for = NOT_READY_AFTER);
+        assert!(!status.ready());
+        assert!(status.metrics().contains("flannel_ready 0"));
     }
 }

@@ -146,7 +146,8 @@ fn json(ns: &str, cmd: &str) -> Value {
         .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {text}"))
 }
 
-fn sh(ns: &str, cmd: &str) {
+/// Runs `cmd` in the namespace and returns its stdout (panics when it fails).
+fn sh(ns: &str, cmd: &str) -> String {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns, "sh", "-c", cmd])
         .output()
@@ -156,6 +157,7 @@ fn sh(ns: &str, cmd: &str) {
         "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mac(n: u8) -> MacAddr {
@@ -216,13 +218,13 @@ async fn wait(
     status: &mut watch::Receiver<ReconcileStatus>,
     what: &str,
     pred: impl FnMut(&ReconcileStatus) -> bool,
-) {
-    if tokio::time::timeout(Duration::from_secs(30), status.wait_for(pred))
-        .await
-        .is_err()
-    {
-        panic!("timed out waiting for {what}; status {:?}", *status.borrow());
-    }
+) -> ReconcileStatus {
+    let result = match tokio::time::timeout(Duration::from_secs(30), status.wait_for(pred)).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        Ok(Err(_)) => panic!("the reconciler ended while waiting for {what}"),
+        Err(_) => None,
+    };
+    result.unwrap_or_else(|| panic!("timed out waiting for {what}; status {:?}", *status.borrow()))
 }
 
 /// One daemon life: prepare, configure, reconcile the two peers, run `then`, stop.
@@ -355,54 +357,138 @@ fn installs_like_upstream_restarts_without_changes_and_repairs_drift() {
     });
 }
 
+/// A running host-gw reconciler on `nl` (eth0 192.0.2.1) with peer 2 (192.0.2.2) known.
+struct HostGwRun {
+    status: watch::Receiver<ReconcileStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), flanneld::backend::reconcile::ReconcileError>>,
+    _leases: mpsc::UnboundedSender<Vec<LeaseEvent>>,
+}
+
+async fn start_hostgw(nl: Arc<dyn Netlink>) -> HostGwRun {
+    let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
+    let ext = ExternalInterface {
+        name: "eth0".into(),
+        index: eth0.index,
+        mtu: eth0.mtu,
+        iface_addr: Some("192.0.2.1".parse().unwrap()),
+        iface_v6_addr: None,
+        ext_addr: Some("192.0.2.1".parse().unwrap()),
+        ext_v6_addr: None,
+    };
+    let (_, mut conf) = conf();
+    conf.backend = BackendConfig::HostGw;
+    conf.backend_type = "host-gw".into();
+    let mut backend = flanneld::backend::build(&conf, &ext, None).unwrap();
+    backend.prepare(&*nl).await.unwrap();
+    let mut own = lease(1, "192.0.2.1", None);
+    own.attrs.backend_type = "host-gw".into();
+    let reconciler = Reconciler::new(nl.clone(), backend, own);
+    let mut status = reconciler.status();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(reconciler.run(rx, shutdown.clone()));
+    let mut peer = lease(2, "192.0.2.2", None);
+    peer.attrs.backend_type = "host-gw".into();
+    tx.send(vec![LeaseEvent::Added(peer)]).unwrap();
+    wait(&mut status, "convergence", |s| s.converged && s.passes >= 1).await;
+    HostGwRun {
+        status,
+        shutdown,
+        task,
+        _leases: tx,
+    }
+}
+
+impl HostGwRun {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The host-gw route to peer 2, as flanneld writes it.
+fn has_hostgw_route(ns: &str) -> bool {
+    json(ns, "ip -d -j route show table main")
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| {
+            r["dst"] == "198.18.2.0/24"
+                && r["gateway"] == "192.0.2.2"
+                && r["dev"] == "eth0"
+                && r["protocol"] == ROUTE_PROTO
+        })
+}
+
 #[test]
 fn host_gw_routes_come_back_after_the_nic_restarts() {
     on_node_with_peer("rkhg", |name| async move {
         let nl: Arc<dyn Netlink> = Arc::new(RtNetlink::new().unwrap());
-        let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
-        let ext = ExternalInterface {
-            name: "eth0".into(),
-            index: eth0.index,
-            mtu: eth0.mtu,
-            iface_addr: Some("192.0.2.1".parse().unwrap()),
-            iface_v6_addr: None,
-            ext_addr: Some("192.0.2.1".parse().unwrap()),
-            ext_v6_addr: None,
-        };
-        let (_, mut conf) = conf();
-        conf.backend = BackendConfig::HostGw;
-        conf.backend_type = "host-gw".into();
-        let mut backend = flanneld::backend::build(&conf, &ext, None).unwrap();
-        backend.prepare(&*nl).await.unwrap();
-        let mut own = lease(1, "192.0.2.1", None);
-        own.attrs.backend_type = "host-gw".into();
-        let reconciler = Reconciler::new(nl.clone(), backend, own);
-        let mut status = reconciler.status();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(reconciler.run(rx, shutdown.clone()));
-        let mut peer = lease(2, "192.0.2.2", None);
-        peer.attrs.backend_type = "host-gw".into();
-        tx.send(vec![LeaseEvent::Added(peer)]).unwrap();
-        wait(&mut status, "convergence", |s| s.converged && s.passes >= 1).await;
-        let has_route = || {
-            json(&name, "ip -d -j route show table main")
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| {
-                    r["dst"] == "198.18.2.0/24"
-                        && r["gateway"] == "192.0.2.2"
-                        && r["dev"] == "eth0"
-                        && r["protocol"] == ROUTE_PROTO
-                })
-        };
-        assert!(has_route());
+        let mut run = start_hostgw(nl).await;
+        assert!(has_hostgw_route(&name));
         // The NIC restarts: the kernel flushes the route without telling anyone about it.
         sh(&name, "ip link set eth0 down && ip link set eth0 up");
-        wait(&mut status, "the route back", |s| s.repairs >= 1 && s.converged).await;
-        assert!(has_route());
-        shutdown.cancel();
-        task.await.unwrap().unwrap();
+        wait(&mut run.status, "the route back", |s| {
+            s.repairs >= 1 && s.converged
+        })
+        .await;
+        assert!(has_hostgw_route(&name));
+        run.stop().await;
+    });
+}
+
+#[test]
+fn an_operators_route_stays_and_upstreams_leftover_goes() {
+    on_node_with_peer("rkown", |name| async move {
+        // Before flanneld starts: an operator's static route inside the cluster network through
+        // eth0, and upstream host-gw's route for node 2's previous subnet (protocol boot).
+        sh(&name, "ip route add 198.18.9.0/24 via 192.0.2.254 dev eth0");
+        sh(&name, "ip route add 198.18.10.0/24 dev eth0 proto static");
+        sh(
+            &name,
+            "ip route add 198.18.7.0/24 via 192.0.2.2 dev eth0 proto boot",
+        );
+        let nl: Arc<dyn Netlink> = Arc::new(RtNetlink::new().unwrap());
+        let run = start_hostgw(nl).await;
+        let routes = sh(&name, "ip route show root 198.18.0.0/15");
+        assert!(
+            routes.contains("198.18.9.0/24 via 192.0.2.254 dev eth0"),
+            "{routes}"
+        );
+        assert!(
+            routes.contains("198.18.10.0/24 dev eth0 proto static"),
+            "{routes}"
+        );
+        assert!(
+            !routes.contains("198.18.7.0/24"),
+            "upstream's leftover is cleaned: {routes}"
+        );
+        assert!(has_hostgw_route(&name), "{routes}");
+        run.stop().await;
+    });
+}
+
+#[test]
+fn a_stalled_netlink_socket_is_reopened_and_the_pass_recovers() {
+    on_node_with_peer("rkstall", |name| async move {
+        let rt = Arc::new(RtNetlink::new().unwrap().with_timeout(Duration::from_millis(300)));
+        let nl: Arc<dyn Netlink> = rt.clone();
+        let mut run = start_hostgw(nl).await;
+        // From now on no request is answered: the next pass times out, the socket is reopened
+        // (in this namespace, from whichever thread notices) and the retry repairs the route.
+        rt.stall_requests().unwrap();
+        sh(&name, "ip route del 198.18.2.0/24");
+        let failed = wait(&mut run.status, "a pass that timed out", |s| !s.converged).await;
+        assert!(
+            failed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer from the kernel")),
+            "{failed:?}"
+        );
+        wait(&mut run.status, "recovery", |s| s.converged).await;
+        assert!(has_hostgw_route(&name));
+        run.stop().await;
     });
 }

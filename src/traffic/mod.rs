@@ -282,7 +282,8 @@ impl TrafficManager {
     }
 }
 
-/// The daemon's entry point: start the manager (fatal errors returned) and spawn its upkeep.
+/// The daemon's entry point: start the manager (fatal errors returned) and return its upkeep, to
+/// be run (and watched) by the caller until `shutdown`.
 pub async fn start(
     config: &Config,
     netconf: &NetConf,
@@ -290,9 +291,9 @@ pub async fn start(
     previous: &PreviousSubnets,
     netlink: Arc<dyn Netlink>,
     shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, TrafficError> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, TrafficError> {
     let settings = TrafficSettings::new(config, netconf);
     let manager = TrafficManager::start(settings, lease, previous, netlink).await?;
     debug!(spawned = manager.spawned_processes(), "traffic manager started");
-    Ok(tokio::spawn(manager.run(shutdown)))
+    Ok(manager.run(shutdown))
 }

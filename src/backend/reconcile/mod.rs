@@ -47,7 +47,9 @@ use crate::backend::Backend;
 use crate::kernel::Netlink;
 use crate::lease::{Lease, LeaseEvent};
 
+mod apply;
 mod installed;
+mod phase;
 mod plan;
 #[cfg(test)]
 mod plan_tests;
@@ -72,6 +74,10 @@ pub struct ReconcileStatus {
     pub synced: bool,
     /// The last pass read, planned and applied everything without an error.
     pub converged: bool,
+    /// Some pass has converged since the start: every desired entry was installed at least once.
+    pub converged_once: bool,
+    /// How long passes have kept failing (zero after a converged pass).
+    pub failing_for: Duration,
     /// Remote leases known.
     pub leases: usize,
     /// Desired entries of the last pass.
@@ -82,7 +88,7 @@ pub struct ReconcileStatus {
     pub failed_ops: usize,
     /// The most recent error (kept after recovery; `converged` says whether it is current).
     pub last_error: Option<String>,
-    /// Passes run.
+    /// Passes completed.
     pub passes: u64,
     /// Objects put right without any lease change (drift repaired), devices recreated included.
     pub repairs: u64,
@@ -153,7 +159,7 @@ impl Reconciler {
         let mut tick = tokio::time::interval_at(Instant::now() + resync, resync);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let retry_at = w.retry_at;
+            let retry_at = w.phase.retry_at();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -167,12 +173,11 @@ impl Reconciler {
                     None => w.events_lost(&mut events),
                 },
                 change = next_event(&mut peer_changes) => match change {
-                    Some(()) => w.need_pass = true,
+                    Some(()) => w.pending.pass = true,
                     None => peer_changes = None,
                 },
                 _ = tick.tick() => {
-                    w.need_pass = true;
-                    w.need_devices = true;
+                    w.on_tick();
                     if events.is_none() {
                         events = w.subscribe().await;
                     }

@@ -5,36 +5,35 @@
 //! Spec: section 9 intro (main table, protocol boot, txqueuelen 0), 9.1 (device attributes and
 //! entries), 7 (what interface selection reads).
 
+mod conn;
 mod decode;
 mod encode;
+mod errors;
 mod events;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::proto::{ConnectionHandle, new_connection};
 use rtnetlink::sys::SocketAddr;
-use rtnetlink::sys::protocols::NETLINK_ROUTE;
 
 use crate::kernel::{
     Addr, Fdb, KResult, KernelError, KernelEvent, Link, Neigh, Netlink, Op, RT_TABLE_MAIN, Route, VxlanSpec,
 };
+use errors::{closed, describe, failed, nack, timed_out};
 
 /// Messages sent in one datagram; the kernel handles them in order and acknowledges each.
 const BATCH: usize = 64;
 /// Datagrams in flight at once. BATCH * IN_FLIGHT acknowledgements must fit the receive buffer.
 const IN_FLIGHT: usize = 8;
-/// Receive buffer of the request socket (acknowledgements of pipelined batches).
-const REQUEST_RCVBUF: usize = 4 << 20;
 
 /// The kernel seam over a real rtnetlink socket.
 pub struct RtNetlink {
-    handle: ConnectionHandle<RouteNetlinkMessage>,
+    socket: conn::RequestSocket,
 }
 
 impl std::fmt::Debug for RtNetlink {
@@ -68,61 +67,26 @@ fn set_receive_buffer(fd: i32, bytes: usize) -> std::io::Result<()> {
     Err(std::io::Error::last_os_error())
 }
 
-fn failed(op: &str, object: impl std::fmt::Display, message: String, errno: Option<i32>) -> KernelError {
-    KernelError::Failed {
-        op: op.to_string(),
-        object: object.to_string(),
-        message,
-        errno,
-    }
-}
-
-fn closed(op: &str, object: impl std::fmt::Display) -> KernelError {
-    failed(op, object, "netlink connection closed".to_string(), None)
-}
-
-/// The error a netlink error message stands for; `None` for an acknowledgement.
-fn nack(
-    op: &str,
-    object: impl std::fmt::Display,
-    msg: &NetlinkMessage<RouteNetlinkMessage>,
-) -> Option<KernelError> {
-    match &msg.payload {
-        NetlinkPayload::Error(e) => {
-            let errno = decode::errno(e)?;
-            Some(failed(
-                op,
-                object,
-                decode::error_text(errno, e, msg.header.flags),
-                Some(errno),
-            ))
-        }
-        NetlinkPayload::Overrun(_) => Some(failed(op, object, "netlink socket overrun".to_string(), None)),
-        _ => None,
-    }
-}
-
 impl RtNetlink {
-    /// Opens the request socket (in the calling thread's network namespace) and spawns its
-    /// connection task on the current tokio runtime.
+    /// Opens the request socket (in the calling thread's network namespace; it is reopened there
+    /// after a failure) and spawns its connection task on the current tokio runtime.
     pub fn new() -> KResult<RtNetlink> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| KernelError::Socket(format!("starting the netlink connection: {e}")))?;
-        let (mut conn, handle, _unsolicited) = new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
-            .map_err(|e| socket_error("opening rtnetlink socket", e))?;
-        // Acknowledgements are the per-message results of a batch: deliver them.
-        conn.set_forward_ack(true);
-        let socket = conn.socket_mut();
-        set_receive_buffer(socket.as_raw_fd(), REQUEST_RCVBUF)
-            .map_err(|e| socket_error("setting the rtnetlink receive buffer", e))?;
-        let sock = rtnetlink::sys::AsyncSocket::socket_mut(socket);
-        // Small error answers (request header only) that carry the kernel's explanation.
-        sock.set_cap_ack(true)
-            .map_err(|e| socket_error("enabling NETLINK_CAP_ACK", e))?;
-        sock.set_ext_ack(true)
-            .map_err(|e| socket_error("enabling NETLINK_EXT_ACK", e))?;
-        runtime.spawn(conn);
-        Ok(RtNetlink { handle })
+        Ok(RtNetlink {
+            socket: conn::RequestSocket::open()?,
+        })
+    }
+
+    /// How long each request (or each datagram of a batch) may wait for its answer (default
+    /// 10 s); the socket is reopened after a timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> RtNetlink {
+        self.socket.timeout = timeout;
+        self
+    }
+
+    /// Fault injection for tests of the recovery: from now on requests hang until they time out,
+    /// then the socket is reopened and works again.
+    pub fn stall_requests(&self) -> KResult<()> {
+        self.socket.stall()
     }
 
     /// Sends one request and collects the messages of its answer (a dump, one object, or just an
@@ -133,25 +97,7 @@ impl RtNetlink {
         op: &str,
         object: &str,
     ) -> KResult<Vec<RouteNetlinkMessage>> {
-        let mut answer = self
-            .handle
-            .request(msg, SocketAddr::new(0, 0))
-            .map_err(|_| closed(op, object))?;
-        let mut out = Vec::new();
-        let mut answered = false;
-        while let Some(reply) = answer.next().await {
-            answered = true;
-            if let Some(err) = nack(op, object, &reply) {
-                return Err(err);
-            }
-            if let NetlinkPayload::InnerMessage(inner) = reply.payload {
-                out.push(inner);
-            }
-        }
-        if !answered {
-            return Err(closed(op, object));
-        }
-        Ok(out)
+        self.exchange(msg, op, object, true).await
     }
 
     /// Lists `what` ("links", "IPv4 routes", ...). A dump answer may legitimately be empty: the
@@ -161,21 +107,49 @@ impl RtNetlink {
         msg: NetlinkMessage<RouteNetlinkMessage>,
         what: &str,
     ) -> KResult<Vec<RouteNetlinkMessage>> {
-        let op = "listing";
-        let mut answer = self
-            .handle
-            .request(msg, SocketAddr::new(0, 0))
-            .map_err(|_| closed(op, what))?;
-        let mut out = Vec::new();
-        while let Some(reply) = answer.next().await {
-            if let Some(err) = nack(op, what, &reply) {
-                return Err(err);
+        self.exchange(msg, "listing", what, false).await
+    }
+
+    /// One request and its whole answer, within the timeout; a closed connection, an overrun or
+    /// a timeout reopens the socket (the error is returned: the caller's retry gets a new one).
+    async fn exchange(
+        &self,
+        msg: NetlinkMessage<RouteNetlinkMessage>,
+        op: &str,
+        object: &str,
+        needs_answer: bool,
+    ) -> KResult<Vec<RouteNetlinkMessage>> {
+        let (handle, generation) = self.socket.handle();
+        let collect = async {
+            let mut answer = handle
+                .request(msg, SocketAddr::new(0, 0))
+                .map_err(|_| closed(op, object))?;
+            let mut out = Vec::new();
+            let mut answered = false;
+            while let Some(reply) = answer.next().await {
+                answered = true;
+                if let Some(err) = nack(op, object, &reply) {
+                    return Err(err);
+                }
+                if let NetlinkPayload::InnerMessage(inner) = reply.payload {
+                    out.push(inner);
+                }
             }
-            if let NetlinkPayload::InnerMessage(inner) = reply.payload {
-                out.push(inner);
+            if needs_answer && !answered {
+                return Err(closed(op, object));
             }
+            Ok(out)
+        };
+        let result = match tokio::time::timeout(self.socket.timeout, collect).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out(op, object, self.socket.timeout)),
+        };
+        if let Err(e) = &result
+            && e.needs_new_socket()
+        {
+            self.socket.reopen(generation, &e.to_string());
         }
-        Ok(out)
+        result
     }
 
     async fn routes_of(&self, family: AddressFamily, what: &str) -> KResult<Vec<Route>> {
@@ -194,92 +168,82 @@ impl RtNetlink {
     /// datagrams unanswered. The kernel handles a datagram's messages in order and answers each
     /// one (acknowledgement or error), so answers map to ops by position.
     async fn apply_pipelined(&self, ops: &[Op]) -> Vec<KResult<()>> {
+        let (handle, generation) = self.socket.handle();
+        let timeout = self.socket.timeout;
         let mut results = Vec::with_capacity(ops.len());
         let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+        let mut broken: Option<String> = None;
         for chunk in ops.chunks(BATCH) {
             if pending.len() == IN_FLIGHT
                 && let Some((sent, answer)) = pending.pop_front()
             {
-                collect_answers(sent, answer, &mut results).await;
+                collect_answers(sent, answer, timeout, &mut results, &mut broken).await;
             }
             let msgs: Vec<_> = chunk.iter().map(encode::op).collect();
             // Queued synchronously, so the connection sends the datagrams in this order.
-            pending.push_back((chunk, self.handle.request_batch(msgs, SocketAddr::new(0, 0)).ok()));
+            pending.push_back((chunk, handle.request_batch(msgs, SocketAddr::new(0, 0)).ok()));
         }
         while let Some((sent, answer)) = pending.pop_front() {
-            collect_answers(sent, answer, &mut results).await;
+            collect_answers(sent, answer, timeout, &mut results, &mut broken).await;
+        }
+        if let Some(why) = broken {
+            self.socket.reopen(generation, &why);
         }
         results
     }
 }
 
-/// Appends one result per op of `sent` from the answer to its datagram; ops left unanswered (the
-/// connection closed) fail.
-async fn collect_answers<S>(sent: &[Op], answer: Option<S>, results: &mut Vec<KResult<()>>)
-where
+/// Appends one result per op of `sent` from the answer to its datagram, waiting at most
+/// `timeout`; ops left unanswered (the connection closed or stalled) fail, and `broken` records
+/// why the socket should be reopened.
+async fn collect_answers<S>(
+    sent: &[Op],
+    answer: Option<S>,
+    timeout: Duration,
+    results: &mut Vec<KResult<()>>,
+    broken: &mut Option<String>,
+) where
     S: futures::Stream<Item = NetlinkMessage<RouteNetlinkMessage>>,
 {
     let mut answered = 0;
+    let mut timed_out_after = None;
     if let Some(answer) = answer {
         let mut answer = std::pin::pin!(answer);
-        while let Some(reply) = answer.next().await {
-            let Some(op) = sent.get(answered) else { break };
-            if matches!(
-                reply.payload,
-                NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_)
-            ) {
-                let (verb, object) = describe(op);
-                results.push(match nack(verb, object, &reply) {
-                    Some(err) => Err(err),
-                    None => Ok(()),
-                });
-                answered += 1;
+        let collect = async {
+            while let Some(reply) = answer.next().await {
+                let Some(op) = sent.get(answered) else { break };
+                if matches!(
+                    reply.payload,
+                    NetlinkPayload::Error(_) | NetlinkPayload::Overrun(_)
+                ) {
+                    let (verb, object) = describe(op);
+                    let result = match nack(verb, object, &reply) {
+                        Some(err) => Err(err),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = &result
+                        && e.needs_new_socket()
+                    {
+                        broken.get_or_insert_with(|| e.to_string());
+                    }
+                    results.push(result);
+                    answered += 1;
+                }
             }
+        };
+        if tokio::time::timeout(timeout, collect).await.is_err() {
+            timed_out_after = Some(timeout);
         }
     }
     for op in sent.iter().skip(answered) {
         let (verb, object) = describe(op);
-        results.push(Err(closed(verb, object)));
+        let err = match timed_out_after {
+            Some(t) => timed_out(verb, object, t),
+            None => closed(verb, object),
+        };
+        broken.get_or_insert_with(|| err.to_string());
+        results.push(Err(err));
     }
-}
-
-/// The step and the object of an op, for error messages.
-fn describe(op: &Op) -> (&'static str, String) {
-    let verb = match op {
-        Op::ReplaceRoute(_) => "replacing route",
-        Op::DeleteRoute(_) => "deleting route",
-        Op::ReplaceNeigh(_) => "replacing neighbour",
-        Op::DeleteNeigh(_) => "deleting neighbour",
-        Op::ReplaceFdb(_) => "replacing fdb entry",
-        Op::DeleteFdb(_) => "deleting fdb entry",
-    };
-    let object = match op {
-        Op::ReplaceRoute(r) | Op::DeleteRoute(r) => {
-            let mut s = r.dst.to_string();
-            if let Some(gw) = r.gateway {
-                s.push_str(&format!(" via {gw}"));
-            }
-            if let Some(oif) = r.oif {
-                s.push_str(&format!(" dev #{oif}"));
-            }
-            if r.onlink {
-                s.push_str(" onlink");
-            }
-            if r.table != RT_TABLE_MAIN {
-                s.push_str(&format!(" table {}", r.table));
-            }
-            s
-        }
-        Op::ReplaceNeigh(n) | Op::DeleteNeigh(n) => match n.mac {
-            Some(mac) => format!("{} dev #{} lladdr {mac}", n.ip, n.index),
-            None => format!("{} dev #{}", n.ip, n.index),
-        },
-        Op::ReplaceFdb(f) | Op::DeleteFdb(f) => match f.dst {
-            Some(dst) => format!("{} dev #{} dst {dst}", f.mac, f.index),
-            None => format!("{} dev #{}", f.mac, f.index),
-        },
-    };
-    (verb, object)
 }
 
 #[async_trait::async_trait]
@@ -430,64 +394,5 @@ impl Netlink for RtNetlink {
 
     async fn subscribe(&self) -> KResult<BoxStream<'static, KernelEvent>> {
         events::subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernel::{MacAddr, NUD_PERMANENT};
-
-    #[test]
-    fn op_errors_name_the_step_and_the_object() {
-        let mut r = Route::unicast(
-            "198.18.2.0/24".parse().unwrap(),
-            Some("198.18.2.0".parse().unwrap()),
-            Some(5),
-        );
-        r.onlink = true;
-        assert_eq!(
-            describe(&Op::ReplaceRoute(r.clone())),
-            (
-                "replacing route",
-                "198.18.2.0/24 via 198.18.2.0 dev #5 onlink".to_string()
-            )
-        );
-        r.table = 100;
-        assert_eq!(
-            describe(&Op::DeleteRoute(r)).1,
-            "198.18.2.0/24 via 198.18.2.0 dev #5 onlink table 100"
-        );
-        let mac = MacAddr([0x0e, 0, 0, 0, 0, 1]);
-        let n = Neigh {
-            index: 5,
-            ip: "198.18.2.0".parse().unwrap(),
-            mac: Some(mac),
-            state: NUD_PERMANENT,
-        };
-        assert_eq!(
-            describe(&Op::DeleteNeigh(n)),
-            (
-                "deleting neighbour",
-                "198.18.2.0 dev #5 lladdr 0e:00:00:00:00:01".to_string()
-            )
-        );
-        let f = Fdb {
-            index: 5,
-            mac,
-            dst: Some("192.0.2.2".parse().unwrap()),
-            self_flag: true,
-            permanent: true,
-        };
-        assert_eq!(
-            describe(&Op::ReplaceFdb(f)),
-            (
-                "replacing fdb entry",
-                "0e:00:00:00:00:01 dev #5 dst 192.0.2.2".to_string()
-            )
-        );
-        let err = failed("deleting link", "#7", "No such device".into(), Some(libc::ENODEV));
-        assert_eq!(err.to_string(), "deleting link #7: No such device");
-        assert!(err.is_not_found());
     }
 }
