@@ -58,8 +58,9 @@ pub struct EtcdConfig {
 
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints: Vec<String> = self.endpoints.iter().map(|e| crate::redact::urls(e)).collect();
         f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &endpoints)
             .field("prefix", &self.prefix)
             .field("keyfile", &self.keyfile)
             .field("certfile", &self.certfile)
@@ -189,7 +190,10 @@ impl Config {
             // Writing into a String cannot fail.
             let _ = write!(line, "{name}={value}");
         };
-        item("etcd-endpoints", &Quoted(&etcd.endpoints.join(",")));
+        item(
+            "etcd-endpoints",
+            &Quoted(&crate::redact::urls(&etcd.endpoints.join(","))),
+        );
         item("etcd-prefix", &Quoted(&etcd.prefix));
         item("etcd-keyfile", &QuotedPath(&etcd.keyfile));
         item("etcd-certfile", &QuotedPath(&etcd.certfile));
@@ -494,6 +498,14 @@ mod tests {
         );
         let without = config_ok(|_| {}).redacted_summary();
         assert!(without.contains("etcd-password=\"\""), "{without}");
+        let in_url = config_ok(|f| f.etcd_endpoints = "https://root:hunter3@192.0.2.100:2379".into());
+        let summary = in_url.redacted_summary();
+        assert!(!summary.contains("hunter3"), "{summary}");
+        assert!(
+            summary.contains("https://<redacted>@192.0.2.100:2379"),
+            "{summary}"
+        );
+        assert!(!format!("{in_url:?}").contains("hunter3"));
     }
 
     #[test]

@@ -224,15 +224,23 @@ async fn supervise(
                 );
                 shutdown.cancel();
             }
+            Ok(LeaseOutcome::TakenOver { holder }) => {
+                return Err(TaskExit {
+                    name: "lease upkeep",
+                    error: Some(format!(
+                        "this node's subnet is now held by {holder}; a restart acquires a new subnet"
+                    )),
+                });
+            }
             Ok(_) => {}
             Err(e) => error!("keeping the lease alive: {e}"),
         }
         // Done (kube returns at once): the tasks and the shutdown signal decide from here.
-        std::future::pending::<()>().await
+        std::future::pending::<Result<(), TaskExit>>().await
     };
     tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        _ = upkeep => Ok(()),
+        result = upkeep => result,
         exit = tasks.next_exit() => {
             if shutdown.is_cancelled() {
                 Ok(())

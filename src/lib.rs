@@ -25,6 +25,7 @@ pub mod lease;
 pub mod logging;
 pub mod memory;
 pub mod netconf;
+pub mod redact;
 pub mod sdnotify;
 pub mod status;
 pub mod subnet;

@@ -248,3 +248,52 @@ async fn username_and_password_auth_works_and_the_password_is_never_logged() {
         "the wrong password was logged"
     );
 }
+
+#[tokio::test]
+async fn credentials_in_endpoint_urls_never_reach_logs_or_errors() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A closed loopback port: every request fails, and every failure is logged or returned.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cfg = EtcdConfig {
+        endpoints: vec![format!("http://root:url-s3cret-xyz@127.0.0.1:{port}")],
+        prefix: PREFIX.into(),
+        keyfile: None,
+        certfile: None,
+        cafile: None,
+        username: Some("root".into()),
+        password: Some("flag-s3cret-abc".into()),
+    };
+    tracing::info!(config = ?cfg, "etcd settings");
+    let mut texts = Vec::new();
+    match connect(&cfg).await {
+        Err(e) => texts.push(e.to_string()),
+        Ok(m) => {
+            let err = tokio::time::timeout(Duration::from_secs(30), m.network_config())
+                .await
+                .expect("an answer within the request timeout")
+                .expect_err("nothing listens there");
+            texts.push(err.to_string());
+        }
+    }
+    texts.push(String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned());
+    for text in &texts {
+        assert!(!text.contains("url-s3cret-xyz"), "{text}");
+        assert!(!text.contains("flag-s3cret-abc"), "{text}");
+    }
+    eprintln!("error: {}", texts[0]);
+    assert!(
+        texts[0].contains("127.0.0.1"),
+        "the error still names the endpoint: {}",
+        texts[0]
+    );
+}

@@ -369,6 +369,44 @@ async fn renewal_rewrites_the_key_and_a_deletion_revokes() {
 }
 
 #[tokio::test]
+async fn a_subnet_taken_over_by_another_node_is_never_overwritten() {
+    let Some(etcd) = Etcd::start_or_skip() else { return };
+    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
+    // Renewal due after ~2 s: it must not write over the other node's value.
+    let margin = DAY - Duration::from_secs(2);
+    let m = EtcdSubnetManager::connect(&etcd.client_config(PREFIX), PreviousSubnets::default(), margin)
+        .await
+        .expect("manager");
+    let config = m.network_config().await.expect("config");
+    let lease = m
+        .acquire_lease(&config, &attrs("192.0.2.32"))
+        .await
+        .expect("lease");
+    let key = subnet_key(lease.subnet.expect("v4"));
+    let theirs = r#"{"PublicIP":"192.0.2.77","PublicIPv6":null}"#;
+    let shutdown = CancellationToken::new();
+    let renewing = m.complete_lease(&lease, shutdown.clone());
+    let takeover = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Our lease expired while we were cut off, and node .77 took the subnet.
+        etcd.put_with_ttl(&key, theirs, 600);
+    };
+    let (outcome, ()) = tokio::join!(renewing, takeover);
+    assert_eq!(
+        outcome.expect("renewal loop"),
+        LeaseOutcome::TakenOver {
+            holder: "192.0.2.77".into()
+        }
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        etcd.get(&key).as_deref(),
+        Some(theirs),
+        "the other node's lease stays"
+    );
+}
+
+#[tokio::test]
 async fn the_renewal_loop_stops_on_shutdown() {
     let Some(etcd) = Etcd::start_or_skip() else { return };
     etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);

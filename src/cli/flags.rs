@@ -190,7 +190,7 @@ impl fmt::Debug for Flags {
             "<redacted>"
         };
         f.debug_struct("Flags")
-            .field("etcd_endpoints", &self.etcd_endpoints)
+            .field("etcd_endpoints", &crate::redact::urls(&self.etcd_endpoints))
             .field("etcd_prefix", &self.etcd_prefix)
             .field("etcd_keyfile", &self.etcd_keyfile)
             .field("etcd_certfile", &self.etcd_certfile)

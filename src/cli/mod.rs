@@ -58,8 +58,9 @@ pub enum CliError {
     },
     #[error("bad flag syntax: {arg}")]
     BadSyntax { arg: String },
-    #[error("command-line argument {position} is not valid UTF-8: {lossy:?}")]
-    NotUtf8 { position: usize, lossy: String },
+    /// The value is not shown: it may be a secret (`-etcd-password`).
+    #[error("command-line argument {position} is not valid UTF-8")]
+    NotUtf8 { position: usize },
 }
 
 impl CliError {
@@ -75,10 +76,8 @@ pub fn args_from_os(args: impl IntoIterator<Item = OsString>) -> Result<Vec<Stri
     args.into_iter()
         .enumerate()
         .map(|(index, arg)| {
-            arg.into_string().map_err(|arg| CliError::NotUtf8 {
-                position: index + 1,
-                lossy: arg.to_string_lossy().into_owned(),
-            })
+            arg.into_string()
+                .map_err(|_| CliError::NotUtf8 { position: index + 1 })
         })
         .collect()
 }
@@ -92,10 +91,8 @@ pub fn non_utf8_env_warnings(vars: impl IntoIterator<Item = (OsString, OsString)
             if !name.starts_with("FLANNELD_") || value.to_str().is_some() {
                 return None;
             }
-            Some(format!(
-                "ignoring {name}={:?}: not valid UTF-8",
-                value.to_string_lossy()
-            ))
+            // The value is not shown: it may be a secret (FLANNELD_ETCD_PASSWORD).
+            Some(format!("ignoring {name}: its value is not valid UTF-8"))
         })
         .collect()
 }

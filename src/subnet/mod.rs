@@ -44,7 +44,7 @@ impl SubnetError {
 }
 
 /// How `complete_lease` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOutcome {
     /// The daemon is shutting down.
     Shutdown,
@@ -52,6 +52,9 @@ pub enum LeaseOutcome {
     Done,
     /// Someone else deleted our lease: shut down cleanly as upstream does.
     Revoked,
+    /// Our lease expired and another node now holds the subnet: it is never overwritten; the
+    /// daemon exits non-zero so that its restart acquires a new subnet.
+    TakenOver { holder: String },
 }
 
 /// A source of this node's lease and of the cluster's leases.

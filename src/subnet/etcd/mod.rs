@@ -98,9 +98,23 @@ pub(crate) struct Shared {
     pub layout: KeyLayout,
     pub previous: PreviousSubnets,
     pub renew_margin: Duration,
+    /// The modification revision of this node's key as we last wrote it: renewal writes only
+    /// over exactly that (a key another node took over after our lease expired is never
+    /// overwritten).
+    pub own_revision: std::sync::Mutex<Option<i64>>,
 }
 
 impl Shared {
+    pub(crate) fn set_own_revision(&self, revision: i64) {
+        if let Ok(mut slot) = self.own_revision.lock() {
+            *slot = Some(revision);
+        }
+    }
+
+    pub(crate) fn own_revision(&self) -> Option<i64> {
+        self.own_revision.lock().ok().and_then(|slot| *slot)
+    }
+
     /// An entry as a lease, or why it is not one.
     ///
     /// No lease TTL is read (that would be one TimeToLive request per key): nobody needs other
@@ -186,6 +200,7 @@ impl EtcdSubnetManager {
                 layout,
                 previous,
                 renew_margin,
+                own_revision: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -316,7 +331,8 @@ impl EtcdSubnetManager {
                     .await?
                 {
                     PutOutcome::Conflict => Ok(None),
-                    PutOutcome::Written { ttl } => {
+                    PutOutcome::Written { ttl, revision } => {
+                        shared.set_own_revision(revision);
                         tracing::info!(
                             subnet = ?own.subnet,
                             ipv6_subnet = ?own.ipv6_subnet,
@@ -358,7 +374,8 @@ impl EtcdSubnetManager {
                         tracing::info!(key = %key, "another node took this subnet first; trying another one");
                         Ok(None)
                     }
-                    CreateOutcome::Created { ttl } => {
+                    CreateOutcome::Created { ttl, revision } => {
+                        shared.set_own_revision(revision);
                         tracing::info!(
                             subnet = %subnet,
                             ipv6_subnet = ?ipv6_subnet,

@@ -77,8 +77,8 @@ pub struct Listing {
 /// What a create-if-absent did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateOutcome {
-    /// Written, attached to a new lease of `ttl` seconds.
-    Created { ttl: i64 },
+    /// Written at store revision `revision`, attached to a new lease of `ttl` seconds.
+    Created { ttl: i64, revision: i64 },
     /// Someone else holds the key (the new lease was revoked).
     Exists,
 }
@@ -86,8 +86,9 @@ pub enum CreateOutcome {
 /// What a guarded put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// Written; `ttl` is the granted lease TTL (None: written without a lease).
-    Written { ttl: Option<i64> },
+    /// Written at store revision `revision` (the key's new modification revision); `ttl` is the
+    /// granted lease TTL (None: written without a lease).
+    Written { ttl: Option<i64>, revision: i64 },
     /// The guard failed: the key changed or vanished since it was read.
     Conflict,
 }
@@ -143,6 +144,8 @@ fn is_compacted(err: &etcd_client::Error) -> bool {
 /// The etcd client with its connection settings; connects lazily when auth is configured.
 pub struct Registry {
     endpoints: Vec<String>,
+    /// The password and the endpoints' userinfo: scrubbed from every error text.
+    secrets: crate::redact::Secrets,
     options: ConnectOptions,
     has_auth: bool,
     client: tokio::sync::Mutex<Option<Client>>,
@@ -192,7 +195,7 @@ impl Registry {
             }
             Transport::Plain => {
                 tracing::warn!(
-                    endpoints = %endpoints.join(","),
+                    endpoints = %crate::redact::urls(&endpoints.join(",")),
                     "connecting to etcd over plain-text HTTP: this is insecure"
                 );
             }
@@ -201,8 +204,26 @@ impl Registry {
         if let Some(user) = user {
             options = options.with_user(user, cfg.password.clone().unwrap_or_default());
         }
+        let mut secrets = crate::redact::Secrets::default();
+        if let Some(password) = cfg.password.as_deref() {
+            secrets.add(password);
+        }
+        for endpoint in &endpoints {
+            if let Some(userinfo) = endpoint
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+                .and_then(|authority| authority.rsplit_once('@'))
+                .map(|(userinfo, _)| userinfo)
+            {
+                secrets.add(userinfo);
+                if let Some((_, password)) = userinfo.split_once(':') {
+                    secrets.add(password);
+                }
+            }
+        }
         let registry = Registry {
             endpoints,
+            secrets,
             options,
             has_auth: user.is_some(),
             client: tokio::sync::Mutex::new(None),
@@ -215,9 +236,14 @@ impl Registry {
         Ok(registry)
     }
 
-    /// The endpoints, comma-joined, for messages.
+    /// The endpoints, comma-joined, for messages (userinfo redacted).
     pub fn endpoints(&self) -> String {
-        self.endpoints.join(",")
+        crate::redact::urls(&self.endpoints.join(","))
+    }
+
+    /// An etcd client error as text, with every secret scrubbed.
+    fn reason(&self, err: &etcd_client::Error) -> String {
+        self.secrets.scrub(&describe(err))
     }
 
     async fn connect(&self) -> Result<Client, RegistryError> {
@@ -226,7 +252,7 @@ impl Registry {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(RegistryError::Client {
                 endpoints: self.endpoints(),
-                reason: describe(&e),
+                reason: self.reason(&e),
             }),
             Err(_) => Err(RegistryError::Client {
                 endpoints: self.endpoints(),
@@ -257,7 +283,7 @@ impl Registry {
                 op,
                 key: key.to_string(),
                 endpoints: self.endpoints(),
-                reason: describe(&e),
+                reason: self.reason(&e),
             }),
             Err(_) => Err(RegistryError::Timeout {
                 op,
@@ -350,7 +376,10 @@ impl Registry {
             )]);
         let mut kv = self.client().await?.kv_client();
         match self.call("creating", key, kv.txn(txn)).await {
-            Ok(resp) if resp.succeeded() => Ok(CreateOutcome::Created { ttl: granted }),
+            Ok(resp) if resp.succeeded() => Ok(CreateOutcome::Created {
+                ttl: granted,
+                revision: resp.header().map_or(0, |h| h.revision()),
+            }),
             Ok(_) => {
                 self.revoke(key, lease_id).await;
                 Ok(CreateOutcome::Exists)
@@ -379,18 +408,6 @@ impl Registry {
         .await
     }
 
-    /// Put `value` at `key` with a new lease if the key still exists (renewal: a deleted key means
-    /// someone revoked our lease, and it must not be recreated behind their back).
-    pub async fn put_if_exists(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Option<i64>,
-    ) -> Result<PutOutcome, RegistryError> {
-        self.guarded_put(key, value, ttl, Compare::version(key, CompareOp::Greater, 0))
-            .await
-    }
-
     async fn guarded_put(
         &self,
         key: &str,
@@ -411,6 +428,7 @@ impl Registry {
         match result {
             Ok(resp) if resp.succeeded() => Ok(PutOutcome::Written {
                 ttl: lease.map(|(_, granted)| granted),
+                revision: resp.header().map_or(0, |h| h.revision()),
             }),
             Ok(_) => {
                 if let Some((id, _)) = lease {
@@ -451,6 +469,7 @@ impl Registry {
             stream,
             key: key.to_string(),
             endpoints: self.endpoints(),
+            secrets: self.secrets.clone(),
             next_revision: revision,
         })
     }
@@ -470,6 +489,7 @@ pub struct Watch {
     stream: WatchStream,
     key: String,
     endpoints: String,
+    secrets: crate::redact::Secrets,
     next_revision: i64,
 }
 
@@ -484,7 +504,7 @@ impl Watch {
                 Err(e) if is_compacted(&e) => {
                     return Ok(WatchMessage::Compacted { compact_revision: 0 });
                 }
-                Err(e) => return Err(self.closed(describe(&e))),
+                Err(e) => return Err(self.closed(self.secrets.scrub(&describe(&e)))),
             };
             if message.compact_revision() != 0 {
                 return Ok(WatchMessage::Compacted {

@@ -2,8 +2,11 @@
 //! renew margin (retrying every minute on failure), and watch the own key so that a deletion by
 //! someone else shuts the daemon down cleanly, as upstream does.
 //!
-//! It must not create the key again once it is gone. Spec: flanneld-behaviour.md sections 5.5
-//! (own-lease watch) and 5.6.
+//! It must not create the key again once it is gone, and it never writes over a key that is no
+//! longer ours: renewal is conditional on the modification revision of our last write, and a
+//! write by anyone else with another value (another node took the subnet after our lease
+//! expired) ends the loop with `TakenOver`. Spec: flanneld-behaviour.md sections 5.5 (own-lease
+//! watch) and 5.6.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::entries::expiration_after;
-use super::registry::{PutOutcome, WatchEvent, WatchMessage};
+use super::registry::{Entry, PutOutcome, WatchEvent, WatchMessage};
 use super::{Backoff, LEASE_TTL_SECS, Shared};
 use crate::lease::Lease;
 use crate::subnet::{LeaseOutcome, SubnetError};
@@ -26,10 +29,37 @@ const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
 /// What the own-key watch reports.
 #[derive(Debug)]
 enum OwnKey {
-    /// The key was written (by our renewal or anyone); `expiration` None: it has no etcd lease.
-    Written { expiration: Option<SystemTime> },
+    /// The key was written (by our renewal or anyone) at `revision`; `ours`: with our value;
+    /// `expiration` None: it has no etcd lease.
+    Written {
+        expiration: Option<SystemTime>,
+        revision: i64,
+        ours: bool,
+        holder: String,
+    },
     /// The key is gone (deleted, or its lease expired).
     Gone,
+}
+
+/// Who holds the key, for the log: the PublicIP in the value, or the raw value's length.
+fn holder_of(value: &[u8]) -> String {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| crate::lease::LeaseAttrs::from_json(text).ok())
+        .map(|a| a.public_ip.to_string())
+        .unwrap_or_else(|| format!("an unreadable value of {} bytes", value.len()))
+}
+
+/// Whether a write seen at `revision` with `ours` is still our lease; adopts the revision of a
+/// rewrite of our own value (e.g. by an operator restoring it).
+fn still_ours(shared: &Shared, revision: i64, ours: bool) -> bool {
+    if shared.own_revision() == Some(revision) {
+        return true;
+    }
+    if ours {
+        shared.set_own_revision(revision);
+    }
+    ours
 }
 
 /// How long to wait before renewing a lease that expires at `expiration`.
@@ -75,6 +105,7 @@ pub(crate) async fn complete_lease(
     let _watch = AbortOnDrop(tokio::spawn(watch_own_key(
         shared.clone(),
         key.clone(),
+        value.clone(),
         events_tx,
     )));
     let margin = shared.renew_margin;
@@ -87,26 +118,49 @@ pub(crate) async fn complete_lease(
                     tracing::warn!(key = %key, "this node's lease was deleted from etcd; shutting down");
                     return Ok(LeaseOutcome::Revoked);
                 }
-                Some(OwnKey::Written { expiration }) => {
+                Some(OwnKey::Written { expiration, revision, ours, holder }) => {
+                    if !still_ours(&shared, revision, ours) {
+                        return Ok(taken_over(&key, holder));
+                    }
                     tracing::debug!(key = %key, expiration = ?expiration, "this node's lease was written");
                     next_renewal = schedule(expiration, margin);
                 }
             },
             _ = sleep_until(next_renewal) => {
+                let Some(revision) = shared.own_revision() else {
+                    return Err(SubnetError::Fatal(format!(
+                        "renewing {key}: the revision of this node's lease is unknown"
+                    )));
+                };
                 let renewal = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(LeaseOutcome::Shutdown),
-                    renewal = shared.registry.put_if_exists(&key, &value, Some(LEASE_TTL_SECS)) => renewal,
+                    renewal = shared.registry.put_if_unchanged(&key, &value, Some(LEASE_TTL_SECS), revision) => renewal,
                 };
                 match renewal {
-                    Ok(PutOutcome::Written { ttl }) => {
+                    Ok(PutOutcome::Written { ttl, revision }) => {
+                        shared.set_own_revision(revision);
                         let expiration = ttl.map(|t| expiration_after(SystemTime::now(), t));
                         tracing::info!(key = %key, expiration = ?expiration, "renewed the lease");
                         next_renewal = schedule(expiration, margin);
                     }
-                    Ok(PutOutcome::Conflict) => {
-                        tracing::warn!(key = %key, "this node's lease is gone from etcd; shutting down");
-                        return Ok(LeaseOutcome::Revoked);
-                    }
+                    Ok(PutOutcome::Conflict) => match shared.registry.get(&key).await {
+                        Ok((_, None)) => {
+                            tracing::warn!(key = %key, "this node's lease is gone from etcd; shutting down");
+                            return Ok(LeaseOutcome::Revoked);
+                        }
+                        Ok((_, Some(entry))) if entry.value != value.as_bytes() => {
+                            return Ok(taken_over(&key, holder_of(&entry.value)));
+                        }
+                        Ok((_, Some(entry))) => {
+                            // Rewritten with our own value: ours again; renew over that write.
+                            shared.set_own_revision(entry.mod_revision);
+                            next_renewal = Some(Instant::now() + MIN_RENEW_WAIT);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "reading this node's lease after a failed renewal");
+                            next_renewal = Some(Instant::now() + RENEW_RETRY);
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "renewing the lease failed");
                         next_renewal = Some(Instant::now() + RENEW_RETRY);
@@ -117,9 +171,15 @@ pub(crate) async fn complete_lease(
     }
 }
 
+fn taken_over(key: &str, holder: String) -> LeaseOutcome {
+    tracing::error!(key = %key, holder = %holder,
+        "this node's subnet is now held by another node (our lease had expired); it is left alone, and flanneld exits to acquire a new subnet");
+    LeaseOutcome::TakenOver { holder }
+}
+
 /// Read the own key, then watch it from the next revision; re-read after a compaction.
 /// Reports every write and ends after reporting `Gone`.
-async fn watch_own_key(shared: Arc<Shared>, key: String, events: mpsc::Sender<OwnKey>) {
+async fn watch_own_key(shared: Arc<Shared>, key: String, value: String, events: mpsc::Sender<OwnKey>) {
     let registry = &shared.registry;
     let mut backoff = Backoff::watch();
     let mut from: Option<i64> = None;
@@ -131,7 +191,16 @@ async fn watch_own_key(shared: Arc<Shared>, key: String, events: mpsc::Sender<Ow
                     let _ = events.send(OwnKey::Gone).await;
                     return;
                 }
-                Ok((revision, Some(_))) => revision + 1,
+                Ok((revision, Some(entry))) => {
+                    // At start and after a compaction: is the key still ours? (Events may
+                    // have been missed.) Ours: keep the renewal schedule; another value: report it.
+                    if entry.value != value.as_bytes() {
+                        let _ = events.send(written(&entry, &value, None)).await;
+                        return;
+                    }
+                    shared.set_own_revision(entry.mod_revision);
+                    revision + 1
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading this node's lease failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -159,14 +228,16 @@ async fn watch_own_key(shared: Arc<Shared>, key: String, events: mpsc::Sender<Ow
                     for change in changes {
                         let report = match change {
                             WatchEvent::Delete { .. } => OwnKey::Gone,
-                            WatchEvent::Put(entry) if entry.lease_id == 0 => {
-                                OwnKey::Written { expiration: None }
+                            WatchEvent::Put(entry)
+                                if entry.lease_id == 0 || entry.value != value.as_bytes() =>
+                            {
+                                written(&entry, &value, None)
                             }
                             WatchEvent::Put(entry) => match registry.time_to_live(&key, entry.lease_id).await
                             {
-                                Ok(Some(ttl)) => OwnKey::Written {
-                                    expiration: Some(expiration_after(SystemTime::now(), ttl)),
-                                },
+                                Ok(Some(ttl)) => {
+                                    written(&entry, &value, Some(expiration_after(SystemTime::now(), ttl)))
+                                }
                                 // Expiring now: the deletion event follows.
                                 Ok(None) => continue,
                                 Err(e) => {
@@ -193,6 +264,16 @@ async fn watch_own_key(shared: Arc<Shared>, key: String, events: mpsc::Sender<Ow
                 }
             }
         }
+    }
+}
+
+/// An own-key write as the loop sees it.
+fn written(entry: &Entry, value: &str, expiration: Option<SystemTime>) -> OwnKey {
+    OwnKey::Written {
+        expiration,
+        revision: entry.mod_revision,
+        ours: entry.value == value.as_bytes(),
+        holder: holder_of(&entry.value),
     }
 }
 

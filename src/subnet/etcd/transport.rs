@@ -53,7 +53,7 @@ pub fn common_transport(
         Ok(first)
     } else {
         Err(TransportError::MixedSchemes {
-            endpoints: endpoints.join(","),
+            endpoints: crate::redact::urls(&endpoints.join(",")),
         })
     }
 }
