@@ -26,7 +26,10 @@ async fn connect(cfg: &EtcdConfig) -> Result<EtcdSubnetManager, SubnetError> {
 
 fn certs_or_skip() -> Option<TlsCerts> {
     if !TlsCerts::available() {
-        eprintln!("skipping: the openssl CLI is missing");
+        support::skip(
+            &support::current_test(),
+            "the openssl CLI is missing (install openssl)",
+        );
         return None;
     }
     Some(TlsCerts::generate())
@@ -42,7 +45,10 @@ fn with_tls_files(mut cfg: EtcdConfig, certs: &TlsCerts, ca: &std::path::Path) -
 #[tokio::test]
 async fn tls_with_a_client_certificate_works() {
     if !Etcd::available() {
-        eprintln!("skipping: etcd is missing");
+        support::skip(
+            &support::current_test(),
+            "etcd is missing (install etcd-server and etcd-client)",
+        );
         return;
     }
     let Some(certs) = certs_or_skip() else { return };
@@ -73,7 +79,10 @@ async fn tls_with_a_client_certificate_works() {
 #[tokio::test]
 async fn tls_with_a_wrong_ca_fails_with_a_clear_error() {
     if !Etcd::available() {
-        eprintln!("skipping: etcd is missing");
+        support::skip(
+            &support::current_test(),
+            "etcd is missing (install etcd-server and etcd-client)",
+        );
         return;
     }
     let Some(certs) = certs_or_skip() else { return };

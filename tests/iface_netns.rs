@@ -40,7 +40,10 @@ fn discover_in(ns: &Netns, reqs: Vec<IfaceRequest>) -> Vec<Result<ExternalInterf
 fn selection_reads_the_real_kernel() {
     let ipv6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
     if !ipv6 {
-        println!("skipping the IPv6 cases: this kernel has no IPv6");
+        support::skip(
+            "selection_reads_the_real_kernel (its IPv6 cases)",
+            "this kernel has no IPv6 (/proc/sys/net/ipv6 is missing)",
+        );
     }
     let node = Netns::new("iface");
     let peer = Netns::new("iface");

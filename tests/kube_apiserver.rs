@@ -35,7 +35,10 @@ fn have_curl() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: the `curl` command is missing");
+        support::skip(
+            &support::current_test(),
+            "the `curl` command is missing (install curl)",
+        );
     }
     ok
 }

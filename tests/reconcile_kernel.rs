@@ -103,7 +103,10 @@ fn vxlan_available() -> bool {
         .try_sh("ip link add probe0 type vxlan id 9 dstport 0 nolearning")
         .is_ok();
     if !ok {
-        eprintln!("skipping: this kernel cannot create vxlan devices");
+        support::skip(
+            &support::current_test(),
+            "this kernel cannot create vxlan devices",
+        );
     }
     ok
 }

@@ -13,8 +13,8 @@ fn diag(ns: &Netns, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn diag_reports_subnet_env_and_kernel_state() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root for a network namespace");
+    if !support::is_root() {
+        support::skip(&support::current_test(), "needs root for a network namespace");
         return;
     }
     let ns = Netns::new("diag");

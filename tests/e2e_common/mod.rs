@@ -53,18 +53,21 @@ fn on_path(tool: &str) -> bool {
 pub fn serial_or_skip(test: &str) -> Option<Serial> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping {test}: needs root (it creates network namespaces)");
+        crate::support::skip(test, "needs root (it creates network namespaces)");
         return None;
     }
     for bin in ["/usr/bin/etcd", "/usr/bin/etcdctl"] {
         if !Path::new(bin).exists() {
-            eprintln!("skipping {test}: {bin} is missing (install etcd-server and etcd-client)");
+            crate::support::skip(
+                test,
+                &format!("{bin} is missing (install etcd-server and etcd-client)"),
+            );
             return None;
         }
     }
     for tool in ["ip", "bridge", "ping", "curl", "unshare"] {
         if !on_path(tool) {
-            eprintln!("skipping {test}: the `{tool}` command is missing");
+            crate::support::skip(test, &format!("the `{tool}` command is missing"));
             return None;
         }
     }

@@ -2,7 +2,8 @@
 //! directory, killed (and reaped) when the fixture is dropped, even when the test panics.
 //!
 //! Also generates TLS material with the `openssl` CLI for the client-certificate tests.
-//! Tests call `Etcd::start_or_skip()` and return early (with a printed reason) when etcd is missing.
+//! Tests call `Etcd::start_or_skip()` and return early when etcd is missing (`support::skip`: the
+//! reason is listed by `make test`, and under FLANNEL_TEST_STRICT=1 it is a failure).
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -165,12 +166,13 @@ impl Etcd {
         Path::new(ETCD_BIN).exists() && Path::new(ETCDCTL_BIN).exists()
     }
 
-    /// Start a plain-HTTP etcd, or print why not and return `None`.
+    /// Start a plain-HTTP etcd, or skip the test (`support::skip`) and return `None`.
     pub fn start_or_skip() -> Option<Etcd> {
         init_logs();
         if !Etcd::available() {
-            eprintln!(
-                "skipping: {ETCD_BIN} or {ETCDCTL_BIN} is missing (install etcd-server and etcd-client)"
+            super::skip(
+                &super::current_test(),
+                &format!("{ETCD_BIN} or {ETCDCTL_BIN} is missing (install etcd-server and etcd-client)"),
             );
             return None;
         }

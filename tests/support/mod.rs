@@ -25,6 +25,15 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// The name of the running test (cargo's test harness names each test's thread after it).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a test")
+        .to_string()
+}
+
 /// Whether the test process runs as root (network namespaces need it).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
