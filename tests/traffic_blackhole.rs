@@ -66,3 +66,59 @@ fn blackhole_route_is_installed_kept_and_yields_to_a_bridge_route() {
         );
     });
 }
+
+/// Polls `cond` every 20 ms for up to 10 s.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_blackhole_follows_route_events_not_only_the_resync_period() {
+    let ns = Netns::new("trf-bhev");
+    in_ns(&ns, |ns| async move {
+        let netlink: Arc<dyn Netlink> = Arc::new(RtNetlink::new().expect("netlink socket"));
+        let mut s = settings(true, false, Tools::variant(Some("nft")));
+        s.choice.masquerade = false;
+        s.choice.forward = false;
+        s.blackhole = true;
+        // A period far longer than the test: only route events can explain a change.
+        s.resync = std::time::Duration::from_secs(3600);
+        let manager = TrafficManager::start(s, &lease(false), &PreviousSubnets::default(), netlink)
+            .await
+            .unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let upkeep = tokio::spawn(manager.run(shutdown.clone()));
+        let ns2 = ns.clone();
+        let withdrawn = tokio::task::spawn_blocking(move || {
+            sh(
+                &ns2,
+                "ip link add cni0 type bridge && ip addr add 198.18.1.1/24 dev cni0 && ip link set cni0 up",
+            );
+            eventually(|| !blackholes(&ns2).contains("198.18.1.0/24"))
+        })
+        .await
+        .unwrap();
+        assert!(
+            withdrawn,
+            "the blackhole steps aside when cni0's route appears: {}",
+            blackholes(&ns)
+        );
+        let ns2 = ns.clone();
+        let back = tokio::task::spawn_blocking(move || {
+            sh(&ns2, "ip link del cni0");
+            eventually(|| blackholes(&ns2).contains("blackhole 198.18.1.0/24"))
+        })
+        .await
+        .unwrap();
+        assert!(back, "the blackhole returns when cni0 goes: {}", blackholes(&ns));
+        shutdown.cancel();
+        upkeep.await.unwrap();
+    });
+}

@@ -170,6 +170,8 @@ pub fn build(
     }
 }
 
+const WARN_ONCE_LIMIT: usize = 4096;
+
 /// Warn once per (lease, reason) about a remote lease a backend has to ignore; `entries_for` runs
 /// on every pass, and the log must not repeat itself every ten seconds.
 #[derive(Debug, Default)]
@@ -178,9 +180,13 @@ pub(crate) struct WarnOnce {
 }
 
 impl WarnOnce {
-    /// True the first time `key` is seen.
+    /// True the first time `key` is seen. The memory is bounded: past `WARN_ONCE_LIMIT` keys
+    /// (lease churn over months) it starts over, which at worst repeats a warning once.
     pub(crate) fn first(&self, key: String) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= WARN_ONCE_LIMIT && !seen.contains(&key) {
+            seen.clear();
+        }
         seen.insert(key)
     }
 
@@ -229,6 +235,17 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(b) => panic!("unexpected backend {}", b.kind()),
         }
+    }
+
+    #[test]
+    fn warn_once_remembers_and_stays_bounded() {
+        let w = WarnOnce::default();
+        assert!(w.first("a".into()));
+        assert!(!w.first("a".into()));
+        for i in 0..(2 * WARN_ONCE_LIMIT) {
+            w.first(format!("k{i}"));
+        }
+        assert!(w.seen.lock().unwrap().len() <= WARN_ONCE_LIMIT);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 use ipnet::IpNet;
 use tracing::{error, info};
 
-use crate::kernel::{Netlink, Op, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind};
+use crate::kernel::{
+    KernelEvent, Netlink, Op, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind,
+};
 
 /// The blackhole route for `subnet` in the main table.
 pub fn blackhole_route(subnet: IpNet) -> Route {
@@ -51,6 +53,20 @@ pub fn plan(subnets: &[IpNet], routes: &[Route]) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// Whether a kernel event may change what `plan` decides: a route to one of `subnets` came or
+/// went; a link went down or away, or an address was removed (the kernel then drops IPv4 routes
+/// such as cni0's without telling anyone); or the event stream lost events.
+pub fn concerns(event: &KernelEvent, subnets: &[IpNet]) -> bool {
+    match event {
+        KernelEvent::RouteAdded(r) | KernelEvent::RouteDeleted(r) => {
+            r.table == RT_TABLE_MAIN && subnets.iter().any(|s| s.trunc() == r.dst)
+        }
+        KernelEvent::LinkChanged(l) => !l.up,
+        KernelEvent::LinkDeleted { .. } | KernelEvent::AddrDeleted(_) | KernelEvent::Overrun => true,
+        _ => false,
+    }
 }
 
 /// Reads the main table once and applies the plan; failures are logged (never fatal, as upstream).

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::kernel::Netlink;
@@ -262,14 +262,45 @@ impl TrafficManager {
         self.runner.spawned()
     }
 
-    /// Upkeep every resync period until `shutdown`; the rules are left in place afterwards.
+    /// Upkeep every resync period until `shutdown`; the rules are left in place afterwards. The
+    /// blackhole routes are also re-checked at once when a route to the own subnet comes or goes
+    /// (cni0's route appearing must not stay shadowed for a whole period).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut route_events = if self.blackholes.is_empty() {
+            None
+        } else {
+            match self.netlink.subscribe().await {
+                Ok(events) => Some(events),
+                Err(e) => {
+                    warn!(
+                        "watching routes for the blackhole route failed; checking it every resync period only: {e}"
+                    );
+                    None
+                }
+            }
+        };
+        let mut next_resync = tokio::time::Instant::now() + self.resync;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.resync) => {}
+                _ = tokio::time::sleep_until(next_resync) => {
+                    self.resync().await;
+                    next_resync = tokio::time::Instant::now() + self.resync;
+                }
+                event = next_route_event(&mut route_events) => match event {
+                    Some(event) => {
+                        let mut check = blackhole::concerns(&event, &self.blackholes);
+                        // Take the rest of a burst (a link going away) before one check.
+                        while let Some(more) = ready_route_event(&mut route_events) {
+                            check |= blackhole::concerns(&more, &self.blackholes);
+                        }
+                        if check {
+                            self.ensure_blackholes().await;
+                        }
+                    }
+                    None => route_events = None,
+                },
             }
-            self.resync().await;
         }
         info!("traffic manager stopped; firewall rules and blackhole routes are left in place");
     }
@@ -280,6 +311,24 @@ impl TrafficManager {
         }
         blackhole::ensure(self.netlink.as_ref(), &self.blackholes).await;
     }
+}
+
+async fn next_route_event(
+    events: &mut Option<futures::stream::BoxStream<'static, crate::kernel::KernelEvent>>,
+) -> Option<crate::kernel::KernelEvent> {
+    use futures::StreamExt;
+    match events {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An event already queued, without waiting.
+fn ready_route_event(
+    events: &mut Option<futures::stream::BoxStream<'static, crate::kernel::KernelEvent>>,
+) -> Option<crate::kernel::KernelEvent> {
+    use futures::{FutureExt, StreamExt};
+    events.as_mut()?.next().now_or_never().flatten()
 }
 
 /// The daemon's entry point: start the manager (fatal errors returned) and return its upkeep, to
