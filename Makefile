@@ -39,8 +39,9 @@ demo: deps
 	./target/debug/examples/demo ./target/debug/flanneld 3 vxlan
 
 bench: deps
-	$(CARGO) build --release --bin flanneld --example bench
+	$(CARGO) build --release --bin flanneld --example bench --example churn
 	./target/release/examples/bench ./target/release/flanneld 1000 5000
+	./target/release/examples/churn ./target/release/flanneld 5000 60 100
 
 clean:
 	$(CARGO) clean
