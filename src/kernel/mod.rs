@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use futures::stream::BoxStream;
 use ipnet::IpNet;
 
+#[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake;
 pub mod rtnl;
 

@@ -40,7 +40,6 @@ impl IptablesMode {
         previous: &PreviousSubnets,
     ) -> Result<IptablesMode, TrafficError> {
         let runner = settings.tools.runner.clone();
-        super::nft_mode::remove_tables(&settings.tools).await;
         info!("starting the traffic manager in iptables mode");
         let mut mode = IptablesMode {
             families: Vec::new(),

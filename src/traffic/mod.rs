@@ -225,9 +225,14 @@ impl TrafficManager {
     ) -> Result<TrafficManager, TrafficError> {
         let families = settings.families(lease);
         let runner = settings.tools.runner.clone();
+        // Mode switching lives here: first the other mode's rules go (spec 11.1 step 10,
+        // "Cleaning-up unused traffic manager rules"), then the chosen mode starts. The two modes
+        // never call each other.
         let driver = if settings.nftables {
+            ipt_mode::remove_chains(&settings.tools).await;
             Driver::Nftables(nft_mode::NftablesMode::start(&settings, &families).await?)
         } else {
+            nft_mode::remove_tables(&settings.tools).await;
             Driver::Iptables(ipt_mode::IptablesMode::start(&settings, &families, previous).await?)
         };
         let mut blackholes = Vec::new();

@@ -60,7 +60,6 @@ impl NftablesMode {
         settings: &TrafficSettings,
         families: &[(Family, FamilyNets)],
     ) -> Result<NftablesMode, TrafficError> {
-        super::ipt_mode::remove_chains(&settings.tools).await;
         info!("starting the traffic manager in nftables mode");
         let nft = Nft {
             program: settings.tools.nft.clone(),
