@@ -21,6 +21,7 @@ pub mod peers;
 pub mod reconcile;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod udp;
 pub mod vxlan;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,2 @@
+//! The udp backend (spec 9.3).
+pub mod packet;
