@@ -7,8 +7,13 @@
 //! 2. Latency: with the daemon running, 200 new leases written one by one; time from the etcd put
 //!    until the route exists (seen on `ip monitor route`), p50/p99.
 //!
-//! Usage: bench <path to flanneld> [N...]
+//! 3. Data path (`bench/datapath.rs`): iperf3 TCP pod to pod through the udp backend and through
+//!    kernel vxlan, and the udp restart gap.
+//!
+//! Usage: bench <path to flanneld> [N...]   (`bench <flanneld> datapath` runs only section 3)
 
+#[path = "bench/datapath.rs"]
+mod datapath;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -294,6 +299,10 @@ fn main() {
         .get(1)
         .cloned()
         .unwrap_or_else(|| "target/release/flanneld".into());
+    if args.get(2).map(String::as_str) == Some("datapath") {
+        datapath::run(&flanneld);
+        return;
+    }
     let sizes: Vec<u32> = if args.len() > 2 {
         args[2..].iter().filter_map(|a| a.parse().ok()).collect()
     } else {
@@ -328,4 +337,5 @@ fn main() {
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3
     );
+    datapath::run(&flanneld);
 }

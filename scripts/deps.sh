@@ -15,6 +15,7 @@ needed=(
   "openssl /usr/bin/openssl"
   "procps /usr/bin/pgrep"
   "make /usr/bin/make"
+  "iperf3 /usr/bin/iperf3"
 )
 
 missing=()

@@ -2,7 +2,7 @@
 //! (`entries_for`) which kernel entries a remote lease needs. A backend must not program
 //! per-lease entries itself: kernel changes for remote leases are applied only by
 //! `reconcile::Reconciler`, which also defines which objects are ours (`Ownership`). The one
-//! `match` from backend type to implementation is `build` (vxlan and host-gw so far).
+//! `match` from backend type to implementation is `build` (vxlan, host-gw, udp so far).
 //!
 //! Spec: flanneld-behaviour.md section 9 (9.1 vxlan, 9.2 host-gw); design.md sections 3 and 4.
 
@@ -21,6 +21,8 @@ pub mod peers;
 pub mod reconcile;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod tun;
+pub mod udp;
 pub mod vxlan;
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +168,7 @@ pub fn build(
     match &conf.backend {
         BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_mac)?)),
         BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(conf, ext)?)),
+        BackendConfig::Udp(cfg) => Ok(Box::new(udp::UdpBackend::new(cfg, ext, conf)?)),
         _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),
     }
 }
@@ -228,13 +231,11 @@ mod tests {
         assert_eq!(vxlan.device_names(), vec!["flannel.1".to_string()]);
         let hostgw = build(&netconf(BackendConfig::HostGw), &ext, None).unwrap();
         assert_eq!(hostgw.kind(), "host-gw");
-        let mut udp = netconf(BackendConfig::Alloc);
+        let mut udp = netconf(BackendConfig::Udp(crate::netconf::UdpConfig { port: 8285 }));
         udp.backend_type = "udp".into();
-        match build(&udp, &ext, None) {
-            Err(BackendError::NotImplemented(t)) => assert_eq!(t, "udp"),
-            Err(e) => panic!("unexpected error {e}"),
-            Ok(b) => panic!("unexpected backend {}", b.kind()),
-        }
+        let udp = build(&udp, &ext, None).unwrap();
+        assert_eq!(udp.kind(), "udp");
+        assert_eq!(udp.device_names(), vec!["flannel0".to_string()]);
     }
 
     #[test]
