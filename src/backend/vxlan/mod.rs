@@ -21,6 +21,7 @@ use crate::lease::{Lease, LeaseAttrs, parse_vxlan_backend_data, vxlan_backend_da
 use crate::netconf::{NetConf, VxlanConfig};
 
 pub mod device;
+pub mod observe;
 #[cfg(test)]
 mod tests;
 
@@ -198,6 +199,25 @@ impl VxlanBackend {
         self.device(family).map(|d| d.mac)
     }
 
+    /// The attributes this node publishes: type `vxlan`, the public IP(s) and per device
+    /// `{"VNI":<vni>,"VtepMAC":"<mac>"}` (spec 9.1). Devices' MACs as prepared (or observed).
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        let vni = self.cfg.vni;
+        let mut attrs = LeaseAttrs {
+            backend_type: "vxlan".into(),
+            ..LeaseAttrs::default()
+        };
+        if let Some(dev) = &self.v4 {
+            attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            attrs.backend_data = Some(vxlan_backend_data(vni, &dev.mac));
+        }
+        if let Some(dev) = &self.v6 {
+            attrs.public_ipv6 = self.ext.ext_v6_addr;
+            attrs.backend_v6_data = Some(vxlan_backend_data(vni, &dev.mac));
+        }
+        attrs
+    }
+
     fn device(&self, family: Family) -> Option<&Device> {
         match family {
             Family::V4 => self.v4.as_ref(),
@@ -308,20 +328,7 @@ impl Backend for VxlanBackend {
     async fn prepare(&mut self, k: &dyn Netlink) -> Result<LeaseAttrs, BackendError> {
         self.ensure_device(k, Family::V4, true).await?;
         self.ensure_device(k, Family::V6, true).await?;
-        let vni = self.cfg.vni;
-        let mut attrs = LeaseAttrs {
-            backend_type: "vxlan".into(),
-            ..LeaseAttrs::default()
-        };
-        if let Some(dev) = &self.v4 {
-            attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            attrs.backend_data = Some(vxlan_backend_data(vni, &dev.mac));
-        }
-        if let Some(dev) = &self.v6 {
-            attrs.public_ipv6 = self.ext.ext_v6_addr;
-            attrs.backend_v6_data = Some(vxlan_backend_data(vni, &dev.mac));
-        }
-        Ok(attrs)
+        Ok(self.lease_attrs())
     }
 
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError> {

@@ -39,6 +39,7 @@ use crate::subnet::alloc::{self, AcquireAction, AllocError, NewSubnetSource};
 use crate::subnet::env_file::PreviousSubnets;
 use crate::subnet::{LeaseOutcome, SubnetError, SubnetManager};
 
+mod dual_race;
 pub mod entries;
 pub mod registry;
 mod renew;
@@ -359,6 +360,9 @@ impl EtcdSubnetManager {
                         Ok(None)
                     }
                     CreateOutcome::Created { ttl } => {
+                        if self.lost_create_race(&key).await? {
+                            return Ok(None);
+                        }
                         tracing::info!(
                             subnet = %subnet,
                             ipv6_subnet = ?ipv6_subnet,
@@ -371,6 +375,24 @@ impl EtcdSubnetManager {
                 }
             }
         }
+    }
+
+    /// After creating `key`: whether an earlier lease overlaps one of its subnets (a dual-stack
+    /// race the create transaction cannot see, `dual_race`); then our key is deleted again.
+    async fn lost_create_race(&self, key: &str) -> Result<bool, RegistryError> {
+        let listing = self.shared.list_leases().await?;
+        let Some(earlier) = dual_race::earlier_overlapping(key, &listing.leases) else {
+            return Ok(false);
+        };
+        tracing::info!(key = %key, earlier = %earlier,
+            "another node took an overlapping subnet just before us; trying another one");
+        if let Some(ours) = listing.leases.iter().find(|l| l.key == key) {
+            self.shared
+                .registry
+                .delete_if_unchanged(key, ours.mod_revision)
+                .await?;
+        }
+        Ok(true)
     }
 
     fn own_lease(
