@@ -15,7 +15,8 @@
 //!   empties the watcher's view (quirk 12);
 //! - waiting for the config logs the reason at most every ~10 s and never prints `timed out` to
 //!   stdout (quirk 17);
-//! - an IPv6-only config is reported as a bad config (upstream loops allocating /0: quirk 11);
+//! - an IPv6-only config is reported as a bad config (upstream loops allocating /0: quirk 11),
+//!   naming the two ways that work: dual stack, or the Kubernetes subnet manager (README);
 //! - requests have a timeout and retry with backoff instead of blocking forever;
 //! - renewal rewrites the key only if it still exists, so a deleted lease is never recreated;
 //!   reusing a listed lease or deleting a stale one is guarded by the key's revision;
@@ -211,8 +212,9 @@ impl EtcdSubnetManager {
         let config = NetConf::parse_and_check(text).map_err(bad)?;
         if !config.enable_ipv4 {
             return Err(bad(NetConfError::Invalid(
-                "EnableIPv4 is false, but the etcd subnet manager needs an IPv4 Network (IPv6-only is \
-                 not supported with etcd; use dual stack)"
+                "EnableIPv4 is false, but the etcd subnet manager needs an IPv4 Network: IPv6-only is \
+                 not supported with etcd (etcd keys and upstream's lease lookup are IPv4-based); use dual \
+                 stack (EnableIPv4 with a Network) or the Kubernetes subnet manager (--kube-subnet-mgr)"
                     .into(),
             )));
         }

@@ -241,8 +241,11 @@ pub fn probe(targets: &[IpAddr], timeout: Duration) -> Result<Vec<Outcome>, Prob
                     let Some(seq) = reply_seq(is_v6, &buf[..len], ident) else {
                         continue;
                     };
+                    // Matched by our random ident and the target's sequence number, not by the
+                    // source: a peer answers a ping of its subnet's IPv6 network address (the
+                    // subnet-router anycast address once cni0 has the prefix) from another address.
                     let seq = usize::from(seq);
-                    if targets.get(seq) == Some(&source) {
+                    if targets.get(seq).is_some_and(|t| t.is_ipv6() == source.is_ipv6()) {
                         outcomes[seq] = Outcome::Answered;
                     }
                 }
