@@ -158,12 +158,12 @@ fn dual_stack_vxlan_etcd_iface_flags_and_ip6tables_masquerade() {
             );
         }
     }
-    for i in 0..3 {
+    for (i, public6) in public6.iter().enumerate() {
         let node = &tb.nodes[i];
         let link = &tb.ip_json(i, &format!("-d link show {VXLAN6_DEV}"))[0];
         assert_eq!(
             link["linkinfo"]["info_data"]["local6"],
-            public6[i].to_string(),
+            public6.to_string(),
             "{}: {VXLAN6_DEV} tunnels from the selected IPv6 address",
             node.name
         );
