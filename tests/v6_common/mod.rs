@@ -44,7 +44,24 @@ pub struct DualLease {
     pub vtep_mac6: Option<String>,
 }
 
+/// The IPv6 half of a peer's lease (dual stack or IPv6-only), for the IPv6 listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6Peer {
+    pub subnet6: Ipv6Net,
+    pub public_ipv6: Ipv6Addr,
+    pub vtep_mac6: Option<String>,
+}
+
 impl DualLease {
+    /// The IPv6 half.
+    pub fn v6(&self) -> V6Peer {
+        V6Peer {
+            subnet6: self.subnet6,
+            public_ipv6: self.public_ipv6,
+            vtep_mac6: self.vtep_mac6.clone(),
+        }
+    }
+
     /// The IPv4 half as e2e_common's listings want it.
     pub fn v4(&self) -> LeaseInfo {
         LeaseInfo {
@@ -184,8 +201,8 @@ fn route6(dst: &str, gateway: &str, dev: &str, onlink: bool) -> Value {
 
 /// Spec 9.1 for IPv6: per peer `<net6> lladdr <v6 VtepMAC> PERMANENT` and `<v6 VtepMAC> dst
 /// <PublicIPv6> self permanent` on flannel-v6.1, and `<subnet6> via <net6> dev flannel-v6.1 onlink`.
-pub fn expected_v6_vxlan_entries(peers: &[&DualLease]) -> Entries {
-    let mac = |p: &DualLease| p.vtep_mac6.clone().unwrap_or_else(|| "<no v6 VtepMAC>".into());
+pub fn expected_v6_vxlan_entries(peers: &[V6Peer]) -> Entries {
+    let mac = |p: &V6Peer| p.vtep_mac6.clone().unwrap_or_else(|| "<no v6 VtepMAC>".into());
     Entries {
         neigh: canon_sorted(peers.iter().map(|p| {
             json!({"dst": p.subnet6.network().to_string(), "lladdr": mac(p), "state": ["PERMANENT"]})
@@ -200,7 +217,7 @@ pub fn expected_v6_vxlan_entries(peers: &[&DualLease]) -> Entries {
 }
 
 /// Spec 9.2 for IPv6 (also vxlan DirectRouting): per peer `<subnet6> via <PublicIPv6> dev eth0`.
-pub fn expected_v6_direct_routes(peers: &[&DualLease]) -> Vec<String> {
+pub fn expected_v6_direct_routes(peers: &[V6Peer]) -> Vec<String> {
     canon_sorted(
         peers
             .iter()
@@ -234,6 +251,7 @@ pub fn dual_node_problems(
     let peers: Vec<&DualLease> = all.iter().filter(|l| l.public_ip != ip).collect();
     let peers4: Vec<LeaseInfo> = peers.iter().map(|p| p.v4()).collect();
     let peers4: Vec<&LeaseInfo> = peers4.iter().collect();
+    let peers6: Vec<V6Peer> = peers.iter().map(|p| p.v6()).collect();
     let mut p = Vec::new();
     let link_mac = |dev: &str| {
         json_list(tb, i, &format!("ip -j link show {dev}"))
@@ -257,10 +275,13 @@ pub fn dual_node_problems(
         p.push(format!("subnet.env is {env:?}, want {want_env:?}"));
     }
     let (want4, want6) = match backend {
-        Dual::Vxlan => (expected_vxlan_entries(&peers4), expected_v6_vxlan_entries(&peers)),
+        Dual::Vxlan => (
+            expected_vxlan_entries(&peers4),
+            expected_v6_vxlan_entries(&peers6),
+        ),
         Dual::VxlanDirect | Dual::HostGw => (
             Entries::routes(expected_hostgw_routes(&peers4)),
-            Entries::routes(expected_v6_direct_routes(&peers)),
+            Entries::routes(expected_v6_direct_routes(&peers6)),
         ),
     };
     let got4 = match backend {
