@@ -94,6 +94,9 @@ pub fn entry_findings(
     }
 
     let subject = |who: Option<usize>| who.map_or(THIS_NODE, |i| peers[i].label);
+    // How a sentence starts: `peer <label>` or `this node`.
+    let who_of =
+        |who: Option<usize>| who.map_or(THIS_NODE.to_string(), |i| format!("peer {}", peers[i].label));
     let mut out = Vec::new();
     // A wrong FDB MAC: the planner deletes the entry for the wrong MAC and adds the right one.
     extra.retain(|e| {
@@ -111,7 +114,7 @@ pub fn entry_findings(
             &describe(e, link_name),
             format!(
                 "{}: the FDB entry for {dst} on {} has MAC {}, but the lease says VtepMAC {}",
-                subject(who),
+                who_of(who),
                 link_name(have.index),
                 have.mac,
                 want.mac
@@ -125,7 +128,7 @@ pub fn entry_findings(
             Check::PeerEntries,
             subject(who),
             &what,
-            format!("{}: {what} is missing", subject(who)),
+            format!("{}: {what} is missing", who_of(who)),
         ));
     }
     for (who, want, have) in differs {
@@ -136,7 +139,7 @@ pub fn entry_findings(
             &have,
             format!(
                 "{}: the kernel has {have}, but the lease says {want}",
-                subject(who)
+                who_of(who)
             ),
         ));
     }
@@ -144,7 +147,7 @@ pub fn entry_findings(
         let what = describe(&e, link_name);
         let message = match peers.iter().find(|p| concerns(&e, p.lease)) {
             Some(p) => format!(
-                "{}: {what} is in the kernel, but the lease does not explain it (the daemon deletes it)",
+                "peer {}: {what} is in the kernel, but the lease does not explain it (the daemon deletes it)",
                 p.label
             ),
             None => format!("{what} is in the kernel, but no lease explains it (the daemon deletes it)"),
@@ -220,12 +223,12 @@ mod tests {
         let (l2, l3) = (peer_lease(2), peer_lease(3));
         let peers = [
             PeerEntries {
-                label: "peer two",
+                label: "two",
                 lease: &l2,
                 entries: entries(2, mac(2)),
             },
             PeerEntries {
-                label: "peer three",
+                label: "three",
                 lease: &l3,
                 entries: entries(3, mac(3)),
             },
