@@ -213,6 +213,9 @@ fn dual_stack_host_gw_nftables_after_a_refused_ipv6_only_config() {
     for node in &mut tb.nodes {
         node.args.push("--ip-masq".into());
     }
+    // node1 names its interface by its IPv6 address (the IPv4 one is filled in from eth0).
+    let node1_v6 = tb.nodes[0].ipv6();
+    tb.nodes[0].args.push(format!("--iface={node1_v6}"));
     tb.start_daemon(0);
     let refused = time_until(STARTUP, || {
         tb.nodes[0].log().contains("IPv6-only is not supported with etcd")
@@ -242,6 +245,12 @@ fn dual_stack_host_gw_nftables_after_a_refused_ipv6_only_config() {
     }
     let public6: Vec<Ipv6Addr> = tb.nodes.iter().map(|n| n.ipv6()).collect();
     wait_dual_mesh(&tb, &[0, 1], Dual::HostGw, true, |i| public6[i]);
+    let reason = format!("interface eth0 has address {node1_v6}");
+    assert!(
+        tb.nodes[0].log().contains(&reason),
+        "no {reason:?} in:\n{}",
+        tb.nodes[0].log()
+    );
     for i in 0..2 {
         let node = &tb.nodes[i];
         let own6 = dual_lease_of(&tb, i).subnet6.to_string();

@@ -390,12 +390,7 @@ async fn probe_peers(
     };
     match outcomes {
         Ok(Ok(outcomes)) => reach::reach_findings(&probes, &targets, &outcomes, &hint),
-        Ok(Err(e)) => vec![Finding::note(
-            Check::Reachability,
-            THIS_NODE,
-            "probes",
-            e.to_string(),
-        )],
+        Ok(Err(e)) => vec![problem(Check::Reachability, "probes", e.to_string())],
         Err(e) => vec![problem(
             Check::Reachability,
             "probes",
