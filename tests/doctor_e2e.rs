@@ -7,8 +7,9 @@
 //! - a filtered VXLAN port on a peer: node1's doctor names the peer as unreachable over the overlay
 //!   although its underlay answers, for both families;
 //! - a route deleted on the node while its daemon is stopped: the missing route, with its peer;
-//! - a lease whose VtepMAC disagrees with the peer's device: the peer's doctor names its lease and
-//!   device, node1's names the peer as unreachable over the overlay.
+//! - a lease whose VtepMAC disagrees with the peer's device (written while the peer's daemon is
+//!   stopped): the peer's doctor names its lease and device, node1's names the peer as unreachable
+//!   over the overlay.
 
 mod e2e_common;
 mod support;
@@ -157,7 +158,9 @@ fn doctor_passes_a_healthy_cluster_and_names_each_fault() {
     healthy(&mut tb, &public6);
 
     // 4. node3's lease says another VtepMAC than its device has (written in etcd, keeping its
-    //    etcd lease); node1 and node2 program what the lease says.
+    //    etcd lease, while node3's daemon is stopped: a running daemon restarts on a lease value it
+    //    did not write); node1 and node2 program what the lease says.
+    tb.stop_daemon(2, "TERM");
     let mac3 = l3.vtep_mac.clone().expect("node3's VtepMAC");
     let bad_value = l3.value.replace(&mac3, WRONG_MAC);
     tb.etcdctl(&["put", "--ignore-lease", &full_key(&l3.key), &bad_value]);
@@ -184,6 +187,7 @@ fn doctor_passes_a_healthy_cluster_and_names_each_fault() {
     let parts = unreachable_over_overlay(&l3);
     assert_sentence(&text, &parts.iter().map(String::as_str).collect::<Vec<_>>());
     println!("VtepMAC of node3's lease differs from its device, doctor on node1:\n{text}");
-    tb.etcdctl(&["put", "--ignore-lease", &full_key(&l3.key), &l3.value]);
+    // node3's daemon reuses its lease and publishes its device's MAC again.
+    start(&mut tb, &[2]);
     healthy(&mut tb, &public6);
 }
