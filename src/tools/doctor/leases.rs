@@ -150,7 +150,7 @@ pub fn lease_findings(
             THIS_NODE,
             "leases",
             format!(
-                "{} leases: none overlaps, none expires soon, all of backend type {backend_type}",
+                "no lease overlaps another, expires soon or names another backend type than {backend_type} ({} leases)",
                 leases.len()
             ),
         ));
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(
             found[0].message,
-            "2 leases: none overlaps, none expires soon, all of backend type vxlan"
+            "no lease overlaps another, expires soon or names another backend type than vxlan (2 leases)"
         );
     }
 

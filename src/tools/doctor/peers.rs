@@ -166,7 +166,7 @@ pub fn entry_findings(
             THIS_NODE,
             "entries",
             format!(
-                "{} peers: all {entries} of their kernel entries are as their leases say, and no other is installed",
+                "every peer's kernel entries are as its lease says, and no other is installed ({} peers, {entries} entries)",
                 peers.len()
             ),
         ));
@@ -245,7 +245,9 @@ mod tests {
         installed.extend(entries(3, mac(3)));
         assert_eq!(
             run(&installed),
-            ["2 peers: all 6 of their kernel entries are as their leases say, and no other is installed"]
+            [
+                "every peer's kernel entries are as its lease says, and no other is installed (2 peers, 6 entries)"
+            ]
         );
     }
 

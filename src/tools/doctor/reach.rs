@@ -96,7 +96,7 @@ pub fn reach_findings(
             Check::Reachability,
             THIS_NODE,
             "peers",
-            format!("{} peers answer ({answered} probes)", peers.len()),
+            format!("every peer answers ({} peers, {answered} probes)", peers.len()),
         ));
     }
     out
@@ -148,7 +148,7 @@ mod tests {
         );
         let all = vec![Outcome::Answered; 6];
         let ok = reach_findings(&peers, &t, &all, "HINT");
-        assert_eq!(ok[0].message, "3 peers answer (3 probes)");
+        assert_eq!(ok[0].message, "every peer answers (3 peers, 3 probes)");
     }
 
     #[test]
