@@ -129,16 +129,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         backend: netconf.backend_type.clone(),
         source: Box::new(source),
     };
-    // kube: reuse the VTEP MAC published by an earlier run, so peers' FDB entries stay valid.
-    let stored_mac = if netconf.backend_type == "vxlan" {
+    // kube: reuse the VTEP MACs (IPv4 and IPv6 device) published by an earlier run, so peers'
+    // neighbour and FDB entries stay valid.
+    let stored_macs = if netconf.backend_type == "vxlan" {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            macs = manager.stored_vtep_macs() => macs.map_err(DaemonError::SubnetManager)?.0,
+            macs = manager.stored_vtep_macs() => macs.map_err(DaemonError::SubnetManager)?,
         }
     } else {
-        None
+        (None, None)
     };
-    let mut backend = backend::build(&netconf, &ext, stored_mac).map_err(backend_err)?;
+    let mut backend = backend::build(&netconf, &ext, stored_macs).map_err(backend_err)?;
     if let Some(metrics) = backend.metrics() {
         status.set_data_path_metrics(metrics);
     }

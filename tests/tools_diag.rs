@@ -1,58 +1,63 @@
-//! `flanneld diag` run inside a test network namespace: reports subnet.env and the kernel view,
-//! exit 0 when subnet.env is valid, 1 when it is missing.
+//! `flanneld diag`, now an alias of `flanneld doctor` (issue 13), run inside a test network
+//! namespace without a datastore or daemon: every error it shows makes it exit 1 (issue 12 item 8),
+//! bad arguments exit 2, and the old `-subnet-file`/`-healthz` flags still work. The checks of a
+//! real cluster are in doctor_e2e.rs.
 
 mod support;
 
 use support::netns::Netns;
 
-fn diag(ns: &Netns, args: &[&str]) -> std::process::Output {
-    let mut argv = vec![env!("CARGO_BIN_EXE_flanneld"), "diag"];
+fn run(ns: &Netns, word: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec![env!("CARGO_BIN_EXE_flanneld"), word];
     argv.extend_from_slice(args);
-    ns.exec(&argv)
+    let out = ns.exec(&argv);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 #[test]
-fn diag_reports_subnet_env_and_kernel_state() {
+fn diag_is_doctor_and_exits_1_on_every_error_it_shows() {
     if !support::is_root() {
-        support::skip(&support::current_test(), "needs root for a network namespace");
-        return;
+        return support::skip("diag_is_doctor", "needs root for a network namespace");
     }
     let ns = Netns::new("diag");
-    ns.sh(
-        "ip link add eth0 type veth peer name eth1 && ip link set eth0 up && ip addr add 192.0.2.1/24 dev eth0 && \
-         ip link add flannel.1 type vxlan id 1 dev eth0 local 192.0.2.1 nolearning dstport 8472 && ip link set flannel.1 up && \
-         ip route add 198.18.2.0/24 via 198.18.2.0 dev flannel.1 onlink proto boot",
-    );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("subnet.env");
-    std::fs::write(
-        &file,
-        "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-    )
-    .unwrap();
-    let out = diag(&ns, &["-subnet-file", file.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("FLANNEL_SUBNET=198.18.1.1/24"), "{stdout}");
-    assert!(stdout.contains("flannel.1 (vxlan): up mtu 1450"), "{stdout}");
-    assert!(
-        stdout.contains("routes inside 198.18.0.0/16 (protocol 70 or boot, as flanneld installs them): 1"),
-        "{stdout}"
-    );
+    let env_file = dir.path().join("subnet.env");
+    let missing_conf = dir.path().join("net-conf.json");
+    let common = [
+        "-subnet-file",
+        env_file.to_str().unwrap(),
+        "--kube-subnet-mgr",
+        "--net-config-path",
+        missing_conf.to_str().unwrap(),
+        "-healthz",
+        "127.0.0.1:1",
+    ];
+    for word in ["diag", "doctor"] {
+        let (code, text) = run(&ns, word, &common);
+        assert_eq!(code, Some(1), "{word}: {text}");
+        assert!(
+            text.contains("reading the network config file") && text.contains("net-conf.json"),
+            "{word} names the missing net-conf.json: {text}"
+        );
+        assert!(
+            text.contains("flanneld does not answer on http://127.0.0.1:1/readyz"),
+            "{word} names the unreachable daemon: {text}"
+        );
+        assert!(text.trim_end().ends_with("2 problems found"), "{text}");
+    }
+    let (code, text) = run(&ns, "doctor", &[&common[..], &["--json"]].concat());
+    assert_eq!(code, Some(1), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("--json prints JSON");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["problems"], 2);
+    assert_eq!(json["findings"][0]["check"], "datastore");
 
-    let missing = diag(
-        &ns,
-        &["-subnet-file", dir.path().join("nope.env").to_str().unwrap()],
-    );
-    let stdout = String::from_utf8_lossy(&missing.stdout);
-    assert_eq!(missing.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("missing or unreadable"), "{stdout}");
-
-    let unreachable = diag(
-        &ns,
-        &["-subnet-file", file.to_str().unwrap(), "-healthz", "127.0.0.1:1"],
-    );
-    let stdout = String::from_utf8_lossy(&unreachable.stdout);
-    assert_eq!(unreachable.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("not reachable"), "{stdout}");
+    let (code, text) = run(&ns, "diag", &["-nope"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("unknown flag -nope"), "{text}");
 }

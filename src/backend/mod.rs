@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::kernel::{Fdb, KernelError, MacAddr, Neigh, Netlink, Route};
+use crate::kernel::{Fdb, KernelError, Neigh, Netlink, Route};
 
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{BackendConfig, NetConf};
@@ -158,15 +158,16 @@ pub trait DataPathMetrics: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
-/// The one `match` from backend type to implementation. `stored_mac` is the VTEP MAC kept from an
-/// earlier run (kube node annotation), used when the vxlan device has to be created.
+/// The one `match` from backend type to implementation. `stored_macs` are the VTEP MACs kept from
+/// an earlier run (kube node annotations `backend-data`, `backend-v6-data`; `None` or one
+/// `Option<MacAddr>` for the IPv4 device only), used when a vxlan device has to be created.
 pub fn build(
     conf: &NetConf,
     ext: &ExternalInterface,
-    stored_mac: Option<MacAddr>,
+    stored_macs: impl Into<vxlan::StoredMacs>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     match &conf.backend {
-        BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_mac)?)),
+        BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_macs)?)),
         BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(conf, ext)?)),
         BackendConfig::Udp(cfg) => Ok(Box::new(udp::UdpBackend::new(cfg, ext, conf)?)),
         _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),

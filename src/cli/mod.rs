@@ -20,7 +20,7 @@ pub use goparse::ValueError;
 
 /// Words that, as the first argument, select a subcommand instead of the daemon. Upstream ignores
 /// positional arguments, so only these exact first words behave differently from upstream.
-pub const SUBCOMMANDS: &[&str] = &["mk-docker-opts", "install-conf", "diag"];
+pub const SUBCOMMANDS: &[&str] = &["mk-docker-opts", "install-conf", "doctor", "diag"];
 
 /// The version printed by `--version`: `FLANNELD_BUILD_VERSION` when set at build time (as
 /// upstream injects `git describe` output), else the crate version.

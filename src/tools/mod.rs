@@ -1,20 +1,22 @@
 //! Small helper programs shipped inside the flanneld binary for the container image and the
 //! Docker integration: `install-conf` (atomic CNI config install, used by the DaemonSet's
-//! `install-cni` init container) and `mk-docker-opts` (subnet.env -> Docker daemon options).
+//! `install-cni` init container), `mk-docker-opts` (subnet.env -> Docker daemon options), and
+//! `doctor` (alias `diag`: what is wrong with this node's overlay).
 //! Spec section 12 (packaging facts).
 //!
 //! Each tool is a `*_main(args) -> exit status` function where `args[0]` is the name the tool was
 //! invoked as (only used in usage messages) and the rest are its arguments, so the binary can
 //! dispatch both `flanneld install-conf ...` (pass the arguments from the subcommand word on) and an
 //! argv[0]-named symlink such as `/opt/bin/install-conf` (pass the whole argv; see
-//! [`Tool::for_program`]). The tools print to stderr and never change the network or the kernel;
-//! mk-docker-opts only reads the routing table (`ip route show`).
+//! [`Tool::for_program`]). The tools never change the network or the kernel; mk-docker-opts only
+//! reads the routing table (`ip route show`), doctor reads the kernel and the datastore and sends
+//! ICMP echo requests.
 
-pub mod diag;
+pub mod doctor;
 pub mod install_conf;
 pub mod mk_docker_opts;
 
-pub use diag::diag_main;
+pub use doctor::doctor_main;
 pub use install_conf::install_conf_main;
 pub use mk_docker_opts::mk_docker_opts_main;
 
@@ -23,7 +25,8 @@ pub use mk_docker_opts::mk_docker_opts_main;
 pub enum Tool {
     InstallConf,
     MkDockerOpts,
-    Diag,
+    /// `doctor`, and `diag` (its former name) as an alias.
+    Doctor,
 }
 
 /// The program names (basename of argv[0]) under which the image installs symlinks to flanneld,
@@ -33,7 +36,8 @@ pub const PROGRAM_NAMES: &[(&str, Tool)] = &[
     ("install-conf", Tool::InstallConf),
     ("mk-docker-opts.sh", Tool::MkDockerOpts),
     ("mk-docker-opts", Tool::MkDockerOpts),
-    ("diag", Tool::Diag),
+    ("doctor", Tool::Doctor),
+    ("diag", Tool::Doctor),
 ];
 
 impl Tool {
@@ -52,7 +56,7 @@ impl Tool {
         match self {
             Tool::InstallConf => install_conf_main(args),
             Tool::MkDockerOpts => mk_docker_opts_main(args),
-            Tool::Diag => diag_main(args),
+            Tool::Doctor => doctor_main(args),
         }
     }
 }
@@ -72,6 +76,9 @@ mod tests {
             "mk-docker-opts",
         ] {
             assert_eq!(Tool::for_program(argv0), Some(Tool::MkDockerOpts), "{argv0}");
+        }
+        for argv0 in ["doctor", "diag", "/opt/bin/diag"] {
+            assert_eq!(Tool::for_program(argv0), Some(Tool::Doctor), "{argv0}");
         }
     }
 

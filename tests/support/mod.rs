@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod etcd;
 pub mod netns;
 pub mod testbed;
+pub mod testbed_v6;
 pub mod udp_peer;
 
 /// Skip a test whose prerequisite is missing (root, a binary, a kernel feature), saying why.

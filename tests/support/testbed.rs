@@ -274,25 +274,13 @@ impl Testbed {
     }
 
     /// Builds cni0 (FLANNEL_SUBNET's first address, FLANNEL_MTU) and one pod namespace with the
-    /// second address on node `i`, as a CNI bridge plugin would.
+    /// second address on node `i`, as a CNI bridge plugin would; with FLANNEL_IPV6_SUBNET in
+    /// subnet.env the pod gets an IPv6 address as well (`add_pod_any`, testbed_v6.rs).
     pub fn add_pod(&mut self, i: usize, tag: &str) -> Ipv4Addr {
-        let env = self.nodes[i].subnet_env().expect("subnet.env before add_pod");
-        let subnet = env.get("FLANNEL_SUBNET").expect("FLANNEL_SUBNET").clone();
-        let mtu = env.get("FLANNEL_MTU").expect("FLANNEL_MTU").clone();
-        let (gw, len) = subnet.split_once('/').expect("FLANNEL_SUBNET is a CIDR");
-        let pod_ip = self.nodes[i].pod_ip().expect("pod ip");
-        let node = &mut self.nodes[i];
-        node.ns.sh(&format!(
-            "ip link add cni0 type bridge && ip link set cni0 mtu {mtu} && ip addr add {gw}/{len} dev cni0 && ip link set cni0 up"
-        ));
-        let pod = Netns::new(&format!("{tag}-pod{}", i + 1));
-        veth(&node.ns, "veth0", &pod, "eth0");
-        node.ns.sh("ip link set veth0 master cni0");
-        pod.sh(&format!(
-            "ip link set eth0 mtu {mtu} && ip addr add {pod_ip}/{len} dev eth0 && ip route add default via {gw}"
-        ));
-        node.pod = Some(pod);
-        pod_ip
+        self.add_pod_any(i, tag);
+        self.nodes[i]
+            .pod_ip()
+            .expect("FLANNEL_SUBNET in subnet.env for an IPv4 pod")
     }
 
     /// One ping from node `from`'s pod to `to`; true when answered.

@@ -21,6 +21,7 @@ use crate::lease::{Lease, LeaseAttrs, parse_vxlan_backend_data, vxlan_backend_da
 use crate::netconf::{NetConf, VxlanConfig};
 
 pub mod device;
+pub mod observe;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +79,29 @@ pub fn peer_entries(
     ]
 }
 
+/// The VTEP MACs kept from an earlier run (kube `backend-data` / `backend-v6-data` annotations),
+/// per device; a device that has to be created gets its stored MAC, so peers' neighbour and FDB
+/// entries stay valid across a restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredMacs {
+    pub v4: Option<MacAddr>,
+    pub v6: Option<MacAddr>,
+}
+
+/// The IPv4 device's MAC only (what callers that know no IPv6 MAC pass, including `None`).
+impl From<Option<MacAddr>> for StoredMacs {
+    fn from(v4: Option<MacAddr>) -> StoredMacs {
+        StoredMacs { v4, v6: None }
+    }
+}
+
+/// `(IPv4 device, IPv6 device)`, as `SubnetManager::stored_vtep_macs` returns them.
+impl From<(Option<MacAddr>, Option<MacAddr>)> for StoredMacs {
+    fn from((v4, v6): (Option<MacAddr>, Option<MacAddr>)) -> StoredMacs {
+        StoredMacs { v4, v6 }
+    }
+}
+
 /// The vxlan backend.
 pub struct VxlanBackend {
     cfg: VxlanConfig,
@@ -91,14 +115,15 @@ pub struct VxlanBackend {
 }
 
 impl VxlanBackend {
-    /// `stored_mac` is the IPv4 device's MAC from an earlier run (kube annotation); it is used
-    /// when the device has to be created (an adopted device keeps its own MAC).
+    /// `stored_macs` are the devices' MACs from an earlier run (kube annotations); each is used
+    /// when its device has to be created (an adopted device keeps its own MAC).
     pub fn new(
         cfg: &VxlanConfig,
         ext: &ExternalInterface,
         netconf: &NetConf,
-        stored_mac: Option<MacAddr>,
+        stored_macs: impl Into<StoredMacs>,
     ) -> Result<VxlanBackend, BackendError> {
+        let stored = stored_macs.into();
         let base = if cfg.mtu > 0 { cfg.mtu } else { ext.mtu };
         let mtu = base.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= MIN_MTU).ok_or_else(|| {
             BackendError::Config(format!(
@@ -117,7 +142,7 @@ impl VxlanBackend {
                 family: Family::V4,
                 name: format!("flannel.{}", cfg.vni),
                 local: IpAddr::V4(local),
-                mac: stored_mac.unwrap_or_else(random_mac),
+                mac: stored.v4.unwrap_or_else(random_mac),
                 index: 0,
                 network: netconf.network.map(IpNet::V4),
             })
@@ -135,7 +160,7 @@ impl VxlanBackend {
                 family: Family::V6,
                 name: format!("flannel-v6.{}", cfg.vni),
                 local: IpAddr::V6(local),
-                mac: random_mac(),
+                mac: stored.v6.unwrap_or_else(random_mac),
                 index: 0,
                 network: netconf.ipv6_network.map(IpNet::V6),
             })
@@ -172,6 +197,25 @@ impl VxlanBackend {
     /// The VTEP MAC of the IPv4 (resp. IPv6) device, e.g. to store it in a node annotation.
     pub fn vtep_mac(&self, family: Family) -> Option<MacAddr> {
         self.device(family).map(|d| d.mac)
+    }
+
+    /// The attributes this node publishes: type `vxlan`, the public IP(s) and per device
+    /// `{"VNI":<vni>,"VtepMAC":"<mac>"}` (spec 9.1). Devices' MACs as prepared (or observed).
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        let vni = self.cfg.vni;
+        let mut attrs = LeaseAttrs {
+            backend_type: "vxlan".into(),
+            ..LeaseAttrs::default()
+        };
+        if let Some(dev) = &self.v4 {
+            attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            attrs.backend_data = Some(vxlan_backend_data(vni, &dev.mac));
+        }
+        if let Some(dev) = &self.v6 {
+            attrs.public_ipv6 = self.ext.ext_v6_addr;
+            attrs.backend_v6_data = Some(vxlan_backend_data(vni, &dev.mac));
+        }
+        attrs
     }
 
     fn device(&self, family: Family) -> Option<&Device> {
@@ -284,20 +328,7 @@ impl Backend for VxlanBackend {
     async fn prepare(&mut self, k: &dyn Netlink) -> Result<LeaseAttrs, BackendError> {
         self.ensure_device(k, Family::V4, true).await?;
         self.ensure_device(k, Family::V6, true).await?;
-        let vni = self.cfg.vni;
-        let mut attrs = LeaseAttrs {
-            backend_type: "vxlan".into(),
-            ..LeaseAttrs::default()
-        };
-        if let Some(dev) = &self.v4 {
-            attrs.public_ip = self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            attrs.backend_data = Some(vxlan_backend_data(vni, &dev.mac));
-        }
-        if let Some(dev) = &self.v6 {
-            attrs.public_ipv6 = self.ext.ext_v6_addr;
-            attrs.backend_v6_data = Some(vxlan_backend_data(vni, &dev.mac));
-        }
-        Ok(attrs)
+        Ok(self.lease_attrs())
     }
 
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError> {

@@ -456,3 +456,34 @@ async fn ipv6_uses_a_second_device_of_the_same_code() {
         assert!(crate::backend::reconcile::is_owned(&o, e), "{e:?}");
     }
 }
+
+#[tokio::test]
+async fn stored_macs_are_used_per_device_when_creating_them() {
+    // Issue 12: the IPv6 VTEP MAC published in backend-v6-data is kept across a restart too.
+    let (k, mut ext) = kernel_with_eth0();
+    ext.ext_v6_addr = Some("2001:db8:ffff::1".parse().unwrap());
+    let cfg = vxlan_cfg(false);
+    let mut conf = netconf(BackendConfig::Vxlan(cfg.clone()));
+    conf.enable_ipv6 = true;
+    conf.ipv6_network = Some("2001:db8::/48".parse().unwrap());
+    let stored = StoredMacs {
+        v4: Some(OWN_MAC),
+        v6: Some(peer_mac(66)),
+    };
+    let mut b = VxlanBackend::new(&cfg, &ext, &conf, stored)
+        .unwrap()
+        .with_sysctl_root(None);
+    let attrs = b.prepare(&*k).await.unwrap();
+    assert_eq!(k.link("flannel.1").unwrap().mac, Some(OWN_MAC));
+    assert_eq!(k.link("flannel-v6.1").unwrap().mac, Some(peer_mac(66)));
+    assert_eq!(
+        attrs.backend_v6_data,
+        Some(crate::lease::vxlan_backend_data(1, &peer_mac(66)))
+    );
+    // A tuple as the subnet manager returns it, and a lone IPv4 MAC, convert the same way.
+    assert_eq!(
+        StoredMacs::from((Some(OWN_MAC), None)),
+        StoredMacs::from(Some(OWN_MAC))
+    );
+    assert_eq!(StoredMacs::from(None), StoredMacs::default());
+}

@@ -15,7 +15,8 @@
 //!   empties the watcher's view (quirk 12);
 //! - waiting for the config logs the reason at most every ~10 s and never prints `timed out` to
 //!   stdout (quirk 17);
-//! - an IPv6-only config is reported as a bad config (upstream loops allocating /0: quirk 11);
+//! - an IPv6-only config is reported as a bad config (upstream loops allocating /0: quirk 11),
+//!   naming the two ways that work: dual stack, or the Kubernetes subnet manager (README);
 //! - requests have a timeout and retry with backoff instead of blocking forever;
 //! - renewal rewrites the key only if it still exists, so a deleted lease is never recreated;
 //!   reusing a listed lease or deleting a stale one is guarded by the key's revision;
@@ -39,6 +40,7 @@ use crate::subnet::alloc::{self, AcquireAction, AllocError, NewSubnetSource};
 use crate::subnet::env_file::PreviousSubnets;
 use crate::subnet::{LeaseOutcome, SubnetError, SubnetManager};
 
+mod dual_race;
 pub mod entries;
 pub mod registry;
 mod renew;
@@ -225,8 +227,9 @@ impl EtcdSubnetManager {
         let config = NetConf::parse_and_check(text).map_err(bad)?;
         if !config.enable_ipv4 {
             return Err(bad(NetConfError::Invalid(
-                "EnableIPv4 is false, but the etcd subnet manager needs an IPv4 Network (IPv6-only is \
-                 not supported with etcd; use dual stack)"
+                "EnableIPv4 is false, but the etcd subnet manager needs an IPv4 Network: IPv6-only is \
+                 not supported with etcd (etcd keys and upstream's lease lookup are IPv4-based); use dual \
+                 stack (EnableIPv4 with a Network) or the Kubernetes subnet manager (--kube-subnet-mgr)"
                     .into(),
             )));
         }
@@ -375,6 +378,9 @@ impl EtcdSubnetManager {
                         Ok(None)
                     }
                     CreateOutcome::Created { ttl, revision } => {
+                        if self.lost_create_race(&key).await? {
+                            return Ok(None);
+                        }
                         shared.set_own_revision(revision);
                         tracing::info!(
                             subnet = %subnet,
@@ -388,6 +394,24 @@ impl EtcdSubnetManager {
                 }
             }
         }
+    }
+
+    /// After creating `key`: whether an earlier lease overlaps one of its subnets (a dual-stack
+    /// race the create transaction cannot see, `dual_race`); then our key is deleted again.
+    async fn lost_create_race(&self, key: &str) -> Result<bool, RegistryError> {
+        let listing = self.shared.list_leases().await?;
+        let Some(earlier) = dual_race::earlier_overlapping(key, &listing.leases) else {
+            return Ok(false);
+        };
+        tracing::info!(key = %key, earlier = %earlier,
+            "another node took an overlapping subnet just before us; trying another one");
+        if let Some(ours) = listing.leases.iter().find(|l| l.key == key) {
+            self.shared
+                .registry
+                .delete_if_unchanged(key, ours.mod_revision)
+                .await?;
+        }
+        Ok(true)
     }
 
     fn own_lease(
