@@ -22,7 +22,8 @@ use rtnetlink::sys::SocketAddr;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 
 use crate::kernel::{
-    Addr, Fdb, KResult, KernelError, KernelEvent, Link, Neigh, Netlink, Op, RT_TABLE_MAIN, Route, VxlanSpec,
+    Addr, Fdb, IpipSpec, KResult, KernelError, KernelEvent, Link, Neigh, Netlink, Op, RT_TABLE_MAIN, Route,
+    VxlanSpec,
 };
 
 /// Messages sent in one datagram; the kernel handles them in order and acknowledges each.
@@ -376,6 +377,20 @@ impl Netlink for RtNetlink {
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link> {
         let op = "creating vxlan device";
         self.request(encode::new_vxlan(spec), op, &spec.name).await?;
+        match self.link_by_name(&spec.name).await? {
+            Some(link) => Ok(link),
+            None => Err(failed(
+                op,
+                &spec.name,
+                "device vanished right after creation".into(),
+                None,
+            )),
+        }
+    }
+
+    async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link> {
+        let op = "creating ipip device";
+        self.request(encode::new_ipip(spec), op, &spec.name).await?;
         match self.link_by_name(&spec.name).await? {
             Some(link) => Ok(link),
             None => Err(failed(
