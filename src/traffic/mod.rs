@@ -31,6 +31,7 @@ use crate::subnet::env_file::PreviousSubnets;
 
 pub mod blackhole;
 pub mod exec;
+pub mod ipip_filter;
 mod ipt_mode;
 pub mod iptables;
 mod nft_mode;
@@ -211,6 +212,8 @@ pub struct TrafficManager {
     resync: Duration,
     netlink: Arc<dyn Netlink>,
     blackholes: Vec<IpNet>,
+    /// The ipip peer filter, when the ipip backend asks for it (`ipip_filter`).
+    ipip: Option<ipip_filter::IpipFilter>,
 }
 
 impl TrafficManager {
@@ -241,9 +244,19 @@ impl TrafficManager {
             resync: settings.resync,
             netlink,
             blackholes,
+            ipip: None,
         };
         manager.ensure_blackholes().await;
         Ok(manager)
+    }
+
+    /// Starts (or, when off, cleans up) the ipip peer filter; it is kept by the upkeep from then on.
+    pub async fn start_ipip_filter(
+        &mut self,
+        settings: &TrafficSettings,
+        request: ipip_filter::FilterRequest,
+    ) {
+        self.ipip = ipip_filter::IpipFilter::start(settings, request).await;
     }
 
     /// One upkeep pass: read the rules once per family and repair what drifted; keep the
@@ -254,6 +267,9 @@ impl TrafficManager {
             Driver::Nftables(mode) => mode.resync().await,
         };
         self.ensure_blackholes().await;
+        if let Some(filter) = &mut self.ipip {
+            return repaired + filter.resync().await;
+        }
         repaired
     }
 
@@ -264,12 +280,21 @@ impl TrafficManager {
 
     /// Upkeep every resync period until `shutdown`; the rules are left in place afterwards.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut next = tokio::time::Instant::now() + self.resync;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.resync) => {}
+                _ = tokio::time::sleep_until(next) => {
+                    next = tokio::time::Instant::now() + self.resync;
+                    self.resync().await;
+                }
+                // A new allowed set for the ipip peer filter is applied at once.
+                _ = ipip_changed(&mut self.ipip) => {
+                    if let Some(filter) = &mut self.ipip {
+                        filter.resync().await;
+                    }
+                }
             }
-            self.resync().await;
         }
         info!("traffic manager stopped; firewall rules and blackhole routes are left in place");
     }
@@ -282,7 +307,15 @@ impl TrafficManager {
     }
 }
 
-/// The daemon's entry point: start the manager (fatal errors returned) and spawn its upkeep.
+async fn ipip_changed(filter: &mut Option<ipip_filter::IpipFilter>) {
+    match filter {
+        Some(filter) => filter.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The daemon's entry point: start the manager (fatal errors returned), the ipip peer filter as
+/// asked, and spawn the upkeep.
 pub async fn start(
     config: &Config,
     netconf: &NetConf,
@@ -290,9 +323,11 @@ pub async fn start(
     previous: &PreviousSubnets,
     netlink: Arc<dyn Netlink>,
     shutdown: CancellationToken,
+    ipip: ipip_filter::FilterRequest,
 ) -> Result<tokio::task::JoinHandle<()>, TrafficError> {
     let settings = TrafficSettings::new(config, netconf);
-    let manager = TrafficManager::start(settings, lease, previous, netlink).await?;
+    let mut manager = TrafficManager::start(settings.clone(), lease, previous, netlink).await?;
+    manager.start_ipip_filter(&settings, ipip).await;
     debug!(spawned = manager.spawned_processes(), "traffic manager started");
     Ok(tokio::spawn(manager.run(shutdown)))
 }
