@@ -41,6 +41,26 @@ fn build(manifest: &Path, targets: &[String]) -> BTreeMap<String, PathBuf> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(manifest)
         .args(["test", "--no-run", "--message-format=json"]);
+    // What cargo sets for a running test must not reach the inner build: build scripts that watch
+    // such variables (ring's watches CARGO_MANIFEST_DIR) would otherwise rebuild half the tree.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                key.as_str(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "LD_LIBRARY_PATH"
+                    | "OUT_DIR"
+            );
+        if set_for_tests {
+            cmd.env_remove(&key);
+        }
+    }
     for t in targets {
         cmd.args(["--test", t]);
     }
