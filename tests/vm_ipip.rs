@@ -325,3 +325,59 @@ fn ipip_peer_filter_drops_a_strangers_ipip_and_keeps_the_peers() {
     );
     assert!(!stranger_reaches(&x, pod), "still dropped");
 }
+
+/// The ifindex of node `i`'s `flannel.ipip`.
+fn ipip_index(tb: &Testbed, i: usize) -> Option<u64> {
+    json_list(tb, i, &format!("link show {DEV}"))
+        .first()
+        .and_then(|l| l["ifindex"].as_u64())
+}
+
+#[test]
+#[ignore = "runs inside the VM testbed (make test-vm)"]
+fn ipip_existing_devices_are_recreated_adopted_or_refused() {
+    let Some(_serial) = prerequisites("ipip_existing_devices") else {
+        return;
+    };
+    let mut tb = ipip_testbed("vmipx", 2, r#"{"Type": "ipip"}"#);
+    // node1: a leftover flannel.ipip with another local address is recreated (its attributes are
+    // read back from the kernel to decide that).
+    tb.nodes[0].ns.sh(&format!(
+        "ip link add {DEV} type ipip local 192.0.2.99 && ip link set {DEV} up"
+    ));
+    let stale = ipip_index(&tb, 0);
+    // node2: a device of that name that is no ipip tunnel is refused with upstream's message.
+    tb.nodes[1].ns.sh(&format!("ip link add {DEV} type dummy"));
+    start(&mut tb, &[0]);
+    wait_mesh(&tb, &[0], |_| DEV.to_string());
+    assert_ne!(ipip_index(&tb, 0), stale, "the incompatible device was recreated");
+
+    tb.start_daemon(1);
+    let deadline = std::time::Instant::now() + STARTUP;
+    while daemon_alive(&mut tb, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node2 did not refuse the dummy device"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = tb.nodes[1].log();
+    assert!(
+        log.contains("flannel.ipip isn't an ipip mode device, please remove device and try again"),
+        "{log}"
+    );
+    assert!(
+        tb.nodes[1]
+            .ns
+            .sh(&format!("ip -d link show {DEV}"))
+            .contains("dummy"),
+        "the foreign device is left alone"
+    );
+
+    // A restart adopts the right device as it is: same index, nothing re-created.
+    let before = ipip_index(&tb, 0);
+    tb.stop_daemon(0, "TERM");
+    start(&mut tb, &[0]);
+    wait_mesh(&tb, &[0], |_| DEV.to_string());
+    assert_eq!(ipip_index(&tb, 0), before, "adopted across a restart");
+}
