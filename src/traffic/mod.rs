@@ -7,7 +7,9 @@
 //! `exec`, `blackhole` goes through the kernel seam. `TrafficManager::start` does the startup
 //! work (fatal errors are returned), `run` does the upkeep every `--iptables-resync` seconds:
 //! read the rules once (one `iptables-save` / `nft list table` per family), apply only when
-//! something drifted. Rules are never removed at shutdown (hitless restart).
+//! something drifted. Rules are never removed at shutdown (hitless restart). With the ipip
+//! backend's `PeerFilter`, `ipip_filter` keeps the rules that drop IPIP from non-peers, its allowed
+//! set fed by the daemon's lease watcher and applied by the same upkeep.
 //!
 //! Deviations from upstream (README compatibility notes): drift includes duplicated and
 //! out-of-order rules, not just missing ones; nftables mode is also kept in shape (upstream never
