@@ -16,6 +16,14 @@ needed=(
   "procps /usr/bin/pgrep"
   "make /usr/bin/make"
   "iperf3 /usr/bin/iperf3"
+  # The VM testbed (make test-vm, tests/kernel_vm.rs, scripts/vm-testbed.sh).
+  "qemu-system-x86 /usr/bin/qemu-system-x86_64"
+  "busybox-static /bin/busybox"
+  "cpio /usr/bin/cpio"
+  "kmod /usr/bin/kmod"
+  "binutils /usr/bin/strip"
+  "curl /usr/bin/curl"
+  "util-linux /usr/bin/unshare"
 )
 
 missing=()

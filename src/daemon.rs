@@ -152,7 +152,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(backend_err)?;
 
-    // Traffic manager (spec 11.1 step 10).
+    // Traffic manager (spec 11.1 step 10), with the ipip peer filter fed by the lease watcher.
+    let (ipip_peers, ipip_filter) = crate::traffic::ipip_filter::request_for(&netconf, ext.iface_addr);
     let traffic = crate::traffic::start(
         &config,
         &netconf,
@@ -160,6 +161,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &previous,
         netlink.clone(),
         shutdown.clone(),
+        ipip_filter,
     )
     .await
     .map_err(DaemonError::Traffic)?;
@@ -182,7 +184,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     status.set_reconcile(reconciler.status());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     tasks.spawn("reconciler", reconciler.run(events_rx, shutdown.clone()));
-    let watch = forward_lease_events(manager.watch_leases(), lease.clone(), events_tx, shutdown.clone());
+    // alloc watches no leases (spec 9.7; in kube mode no node list/watch, spec 6.3): the
+    // reconciler gets one empty snapshot and never anything else.
+    let batches = if netconf.backend_type == "alloc" {
+        use futures::StreamExt;
+        let snapshot = crate::lease::LeaseBatch::Snapshot(Vec::new());
+        futures::stream::once(async move { snapshot })
+            .chain(futures::stream::pending())
+            .boxed()
+    } else {
+        manager.watch_leases()
+    };
+    let watch = forward_lease_events(batches, lease.clone(), events_tx, ipip_peers, shutdown.clone());
     tasks.spawn("lease watch", async move {
         watch.await;
         Ok::<(), String>(())
@@ -318,6 +331,7 @@ async fn forward_lease_events(
     mut batches: futures::stream::BoxStream<'static, crate::lease::LeaseBatch>,
     own: Lease,
     events: tokio::sync::mpsc::UnboundedSender<Vec<crate::lease::LeaseEvent>>,
+    ipip_peers: Option<crate::traffic::ipip_filter::PeersSender>,
     shutdown: CancellationToken,
 ) {
     use futures::StreamExt;
@@ -329,6 +343,9 @@ async fn forward_lease_events(
             b = batches.next() => match b { Some(b) => b, None => return },
         };
         let out = watcher.apply(batch);
+        if let Some(sender) = &ipip_peers {
+            crate::traffic::ipip_filter::publish(sender, watcher.known());
+        }
         if (first || !out.is_empty()) && events.send(out).is_err() {
             return;
         }

@@ -65,6 +65,10 @@ impl Netlink for Counting {
         self.bump(1);
         self.inner.create_vxlan(spec).await
     }
+    async fn create_ipip(&self, spec: &flanneld::kernel::IpipSpec) -> KResult<Link> {
+        self.bump(1);
+        self.inner.create_ipip(spec).await
+    }
     async fn delete_link(&self, index: u32) -> KResult<()> {
         self.bump(1);
         self.inner.delete_link(index).await

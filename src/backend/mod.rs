@@ -2,9 +2,10 @@
 //! (`entries_for`) which kernel entries a remote lease needs. A backend must not program
 //! per-lease entries itself: kernel changes for remote leases are applied only by
 //! `reconcile::Reconciler`, which also defines which objects are ours (`Ownership`). The one
-//! `match` from backend type to implementation is `build` (vxlan, host-gw, udp so far).
+//! `match` from backend type to implementation is `build`.
 //!
-//! Spec: flanneld-behaviour.md section 9 (9.1 vxlan, 9.2 host-gw); design.md sections 3 and 4.
+//! Spec: flanneld-behaviour.md section 9 (9.1 vxlan, 9.2 host-gw, 9.4 ipip, 9.6 extension,
+//! 9.7 alloc); design.md sections 3 and 4.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -16,7 +17,10 @@ use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{BackendConfig, NetConf};
 pub use peers::{PeerEntry, PeerError, PeerKey, PeerOp, PeerTable};
 
+pub mod alloc;
+pub mod extension;
 pub mod hostgw;
+pub mod ipip;
 pub mod peers;
 pub mod reconcile;
 #[cfg(test)]
@@ -170,6 +174,9 @@ pub fn build(
         BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_macs)?)),
         BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(conf, ext)?)),
         BackendConfig::Udp(cfg) => Ok(Box::new(udp::UdpBackend::new(cfg, ext, conf)?)),
+        BackendConfig::Ipip(cfg) => Ok(Box::new(ipip::IpipBackend::new(cfg, ext, conf)?)),
+        BackendConfig::Extension(cfg) => Ok(Box::new(extension::ExtensionBackend::new(cfg, ext, conf))),
+        BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(conf, ext))),
         _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),
     }
 }
@@ -248,6 +255,31 @@ mod tests {
             w.first(format!("k{i}"));
         }
         assert!(w.seen.lock().unwrap().len() <= WARN_ONCE_LIMIT);
+    }
+
+    #[test]
+    fn build_picks_ipip_alloc_and_extension() {
+        let (_, ext) = kernel_with_eth0();
+        let ipip = build(
+            &netconf(BackendConfig::Ipip(crate::netconf::IpipConfig::default())),
+            &ext,
+            None,
+        )
+        .unwrap();
+        assert_eq!(ipip.kind(), "ipip");
+        assert_eq!(ipip.device_names(), vec!["flannel.ipip".to_string()]);
+        let alloc = build(&netconf(BackendConfig::Alloc), &ext, None).unwrap();
+        assert_eq!(alloc.kind(), "alloc");
+        let extension = build(
+            &netconf(BackendConfig::Extension(
+                crate::netconf::ExtensionConfig::default(),
+            )),
+            &ext,
+            None,
+        )
+        .unwrap();
+        assert_eq!(extension.kind(), "extension");
+        assert!(extension.peer_table().is_some());
     }
 
     #[test]

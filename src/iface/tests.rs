@@ -17,6 +17,7 @@ pub(super) fn link(index: u32, name: &str) -> Link {
         mac: None,
         up: true,
         vxlan: None,
+        ipip: None,
     }
 }
 

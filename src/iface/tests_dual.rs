@@ -334,6 +334,9 @@ impl Netlink for StubKernel {
     async fn create_vxlan(&self, _spec: &VxlanSpec) -> KResult<Link> {
         unsupported("create_vxlan")
     }
+    async fn create_ipip(&self, _spec: &crate::kernel::IpipSpec) -> KResult<Link> {
+        unsupported("create_ipip")
+    }
     async fn delete_link(&self, _index: u32) -> KResult<()> {
         unsupported("delete_link")
     }

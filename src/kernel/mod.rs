@@ -6,7 +6,7 @@
 //! Spec: flanneld-behaviour.md section 9 (netlink conventions: main table, protocol boot).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::stream::BoxStream;
 use ipnet::IpNet;
@@ -122,6 +122,30 @@ pub struct Link {
     /// IFF_UP is set.
     pub up: bool,
     pub vxlan: Option<VxlanInfo>,
+    /// The tunnel attributes of an `ipip` link.
+    pub ipip: Option<IpipInfo>,
+}
+
+/// IPIP tunnel attributes as read from an existing device (`ip -d link show`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IpipInfo {
+    /// `None` when the attribute is absent or `any` (0.0.0.0).
+    pub local: Option<Ipv4Addr>,
+    pub remote: Option<Ipv4Addr>,
+    /// 0 = inherit.
+    pub ttl: u8,
+    pub pmtudisc: bool,
+    /// The underlay device the tunnel is bound to; 0 when unbound.
+    pub link: u32,
+}
+
+/// What to create for an ipip device (`ip link add <name> txqueuelen 0 mtu <mtu> type ipip local
+/// <local> ttl inherit tos 0 nopmtudisc`; remote any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpipSpec {
+    pub name: String,
+    pub local: Ipv4Addr,
+    pub mtu: u32,
 }
 
 /// What to create for a vxlan device (`ip link add <name> type vxlan id <vni> ...`).
@@ -344,6 +368,8 @@ pub trait Netlink: Send + Sync {
     async fn route_get(&self, dst: IpAddr) -> KResult<Vec<Route>>;
 
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link>;
+    /// Create an ipip tunnel device (spec 9.4); fails with EEXIST when the name is taken.
+    async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link>;
     async fn delete_link(&self, index: u32) -> KResult<()>;
     async fn set_link_up(&self, index: u32) -> KResult<()>;
     async fn set_link_mtu(&self, index: u32, mtu: u32) -> KResult<()>;

@@ -43,9 +43,10 @@ pub(super) fn decode(raw: &RawValue) -> Result<(String, BackendConfig), NetConfE
             port: port(&kind, &object.fields(&["Port"]), "Port")?.unwrap_or(DEFAULT_UDP_PORT),
         }),
         "ipip" => {
-            let f = object.fields(&["DirectRouting"]);
+            let f = object.fields(&["DirectRouting", "PeerFilter"]);
             BackendConfig::Ipip(IpipConfig {
                 direct_routing: boolean(&kind, &f, "DirectRouting")?,
+                peer_filter: boolean(&kind, &f, "PeerFilter")?,
             })
         }
         "wireguard" => BackendConfig::Wireguard(wireguard(&object)?),

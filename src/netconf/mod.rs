@@ -100,6 +100,9 @@ pub struct UdpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IpipConfig {
     pub direct_routing: bool,
+    /// `PeerFilter` (ours, default off): drop IPIP packets to this node whose source is not a
+    /// current peer's PublicIP (upstream accepts IPIP from anywhere, flannel #961).
+    pub peer_filter: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

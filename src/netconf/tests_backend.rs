@@ -90,7 +90,17 @@ fn backend_keys_are_decoded() {
     );
     assert_eq!(
         conf(r#"{"Backend":{"Type":"ipip","directrouting":true}}"#).backend,
-        BackendConfig::Ipip(IpipConfig { direct_routing: true })
+        BackendConfig::Ipip(IpipConfig {
+            direct_routing: true,
+            peer_filter: false
+        })
+    );
+    assert_eq!(
+        conf(r#"{"Backend":{"Type":"ipip","PeerFilter":true}}"#).backend,
+        BackendConfig::Ipip(IpipConfig {
+            direct_routing: false,
+            peer_filter: true
+        })
     );
     let psk = "Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc=";
     let c = conf(&format!(
@@ -195,6 +205,10 @@ fn backend_value_errors_name_backend_key_and_value() {
         (
             r#"{"Backend":{"Type":"ipip","DirectRouting":1}}"#,
             "(ipip): key \"DirectRouting\" has an invalid value 1",
+        ),
+        (
+            r#"{"Backend":{"Type":"ipip","PeerFilter":"on"}}"#,
+            "(ipip): key \"PeerFilter\" has an invalid value \"on\"",
         ),
         (
             r#"{"Backend":{"Type":"wireguard","PersistentKeepaliveInterval":"25s"}}"#,

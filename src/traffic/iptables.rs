@@ -292,6 +292,55 @@ fn table_order<'a>(tables: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     order
 }
 
+/// The payload that (re)installs `set` with its jump INSERTED first in the built-in chain (a
+/// filter that must see packets before anyone's ACCEPT), unlike `install_payload`'s append.
+pub fn insert_first_payload(set: &IptRuleSet, tables: &SavedTables) -> String {
+    let empty = SavedTable::default();
+    let saved = tables.get(set.table).unwrap_or(&empty);
+    let mut out = format!("*{}\n:{} - [0:0]\n", set.table, set.chain);
+    for listed in listed_jumps(saved, set.parent, set.chain) {
+        out.push_str(&listed_rule(set.parent, listed).line("-D"));
+        out.push('\n');
+    }
+    if let Some(jump) = set.jump() {
+        // `-I <parent> 1 <spec>`: the position rides along with the chain name.
+        out.push_str(&listed_rule(&format!("{} 1", set.parent), &jump.spec).line("-I"));
+        out.push('\n');
+    }
+    for rule in set.chain_rules() {
+        out.push_str(&rule.line("-A"));
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// The listing with protocol names after `-p` replaced by their numbers (`ipencap` -> `4`):
+/// `iptables-save` prints names when /etc/protocols knows them, numbers otherwise.
+pub fn with_protocol_numbers(mut tables: SavedTables) -> SavedTables {
+    for table in tables.values_mut() {
+        for rules in table.chains.values_mut() {
+            for spec in rules.iter_mut() {
+                for i in 1..spec.len() {
+                    if spec[i - 1] == "-p" {
+                        let number = match spec[i].as_str() {
+                            "ipencap" | "ipip" | "ip-encap" => Some("4"),
+                            "icmp" => Some("1"),
+                            "tcp" => Some("6"),
+                            "udp" => Some("17"),
+                            _ => None,
+                        };
+                        if let Some(n) = number {
+                            spec[i] = n.to_owned();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tables
+}
+
 /// What `iptables --version` tells: the version and the backend (`nf_tables` or `legacy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptablesVersion {

@@ -7,7 +7,9 @@
 //! `exec`, `blackhole` goes through the kernel seam. `TrafficManager::start` does the startup
 //! work (fatal errors are returned), `run` does the upkeep every `--iptables-resync` seconds:
 //! read the rules once (one `iptables-save` / `nft list table` per family), apply only when
-//! something drifted. Rules are never removed at shutdown (hitless restart).
+//! something drifted. Rules are never removed at shutdown (hitless restart). With the ipip
+//! backend's `PeerFilter`, `ipip_filter` keeps the rules that drop IPIP from non-peers, its allowed
+//! set fed by the daemon's lease watcher and applied by the same upkeep.
 //!
 //! Deviations from upstream (README compatibility notes): drift includes duplicated and
 //! out-of-order rules, not just missing ones; nftables mode is also kept in shape (upstream never
@@ -31,6 +33,7 @@ use crate::subnet::env_file::PreviousSubnets;
 
 pub mod blackhole;
 pub mod exec;
+pub mod ipip_filter;
 mod ipt_mode;
 pub mod iptables;
 mod nft_mode;
@@ -211,6 +214,8 @@ pub struct TrafficManager {
     resync: Duration,
     netlink: Arc<dyn Netlink>,
     blackholes: Vec<IpNet>,
+    /// The ipip peer filter, when the ipip backend asks for it (`ipip_filter`).
+    ipip: Option<ipip_filter::IpipFilter>,
 }
 
 impl TrafficManager {
@@ -246,9 +251,19 @@ impl TrafficManager {
             resync: settings.resync,
             netlink,
             blackholes,
+            ipip: None,
         };
         manager.ensure_blackholes().await;
         Ok(manager)
+    }
+
+    /// Starts (or, when off, cleans up) the ipip peer filter; it is kept by the upkeep from then on.
+    pub async fn start_ipip_filter(
+        &mut self,
+        settings: &TrafficSettings,
+        request: ipip_filter::FilterRequest,
+    ) {
+        self.ipip = ipip_filter::IpipFilter::start(settings, request).await;
     }
 
     /// One upkeep pass: read the rules once per family and repair what drifted; keep the
@@ -259,6 +274,9 @@ impl TrafficManager {
             Driver::Nftables(mode) => mode.resync().await,
         };
         self.ensure_blackholes().await;
+        if let Some(filter) = &mut self.ipip {
+            return repaired + filter.resync().await;
+        }
         repaired
     }
 
@@ -289,8 +307,14 @@ impl TrafficManager {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next_resync) => {
-                    self.resync().await;
                     next_resync = tokio::time::Instant::now() + self.resync;
+                    self.resync().await;
+                }
+                // A new allowed set for the ipip peer filter is applied at once.
+                _ = ipip_changed(&mut self.ipip) => {
+                    if let Some(filter) = &mut self.ipip {
+                        filter.resync().await;
+                    }
                 }
                 event = next_route_event(&mut route_events) => match event {
                     Some(event) => {
@@ -328,6 +352,13 @@ async fn next_route_event(
     }
 }
 
+async fn ipip_changed(filter: &mut Option<ipip_filter::IpipFilter>) {
+    match filter {
+        Some(filter) => filter.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An event already queued, without waiting.
 fn ready_route_event(
     events: &mut Option<futures::stream::BoxStream<'static, crate::kernel::KernelEvent>>,
@@ -336,8 +367,8 @@ fn ready_route_event(
     events.as_mut()?.next().now_or_never().flatten()
 }
 
-/// The daemon's entry point: start the manager (fatal errors returned) and return its upkeep, to
-/// be run (and watched) by the caller until `shutdown`.
+/// The daemon's entry point: start the manager (fatal errors returned) and the ipip peer filter
+/// as asked, and return the upkeep, to be run (and watched) by the caller until `shutdown`.
 pub async fn start(
     config: &Config,
     netconf: &NetConf,
@@ -345,9 +376,11 @@ pub async fn start(
     previous: &PreviousSubnets,
     netlink: Arc<dyn Netlink>,
     shutdown: CancellationToken,
+    ipip: ipip_filter::FilterRequest,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, TrafficError> {
     let settings = TrafficSettings::new(config, netconf);
-    let manager = TrafficManager::start(settings, lease, previous, netlink).await?;
+    let mut manager = TrafficManager::start(settings.clone(), lease, previous, netlink).await?;
+    manager.start_ipip_filter(&settings, ipip).await;
     debug!(spawned = manager.spawned_processes(), "traffic manager started");
     Ok(manager.run(shutdown))
 }

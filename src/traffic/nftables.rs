@@ -94,6 +94,34 @@ pub fn listing_drift(recorded: &str, listing: Option<&str>) -> Option<String> {
     Some("the listing differs in whitespace".to_owned())
 }
 
+/// The ipip peer filter's table `ip flannel-ipip` (our `PeerFilter` option), re-created whole: a set
+/// `peers` of the allowed sources and one rule, at raw priority of prerouting, that drops IPIP
+/// (protocol 4) to `local` from any other source.
+pub fn ipip_filter_transaction(
+    local: std::net::Ipv4Addr,
+    peers: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+) -> String {
+    let t = super::rules::NFT_IPIP_TABLE;
+    let table = format!("add table ip {t} {{ comment \"flanneld: IPIP only from peers\" ; }}\n");
+    let mut out = format!("{table}delete table ip {t}\n{table}");
+    out.push_str(&format!("add set ip {t} peers {{ type ipv4_addr ; }}\n"));
+    if !peers.is_empty() {
+        let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        out.push_str(&format!("add element ip {t} peers {{ {} }}\n", list.join(", ")));
+    }
+    out.push_str(&format!(
+        "add chain ip {t} prerouting {{ type filter hook prerouting priority -300 ; }}\n\
+         add rule ip {t} prerouting ip daddr {local} ip protocol 4 ip saddr != @peers drop\n"
+    ));
+    out
+}
+
+/// Whether an `nft list tables` listing shows the ipip filter's table.
+pub fn lists_ipip_filter(listing: &str) -> bool {
+    let want = format!("table ip {}", super::rules::NFT_IPIP_TABLE);
+    listing.lines().any(|line| line.trim() == want)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,3 +311,44 @@ pub fn nft_chains(nets: &FamilyNets, choice: &RuleChoice) -> Vec<NftChain> {
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+/// The chain (table `raw`) of the ipip peer filter (our `PeerFilter` option, flannel #961).
+pub const IPIP_CHAIN: &str = "FLANNEL-IPIP";
+pub const IPIP_COMMENT: &str = "flanneld ipip";
+/// The nftables table of the ipip peer filter (its own table, so the flannel-ipv4 table stays
+/// exactly upstream's).
+pub const NFT_IPIP_TABLE: &str = "flannel-ipip";
+
+/// The iptables ipip peer filter: IPIP (protocol 4) to the tunnel address `local` jumps from
+/// `raw PREROUTING` (before conntrack and routing) to `FLANNEL-IPIP`, which returns for each
+/// allowed source (the peers' public IPs) and drops the rest. Tokens are in the form
+/// `iptables-save` lists them (`-d x/32 -p 4`; protocol names are canonicalised when comparing).
+pub fn ipip_filter_rules(
+    local: std::net::Ipv4Addr,
+    peers: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+) -> IptRuleSet {
+    let comment = ["-m", "comment", "--comment", IPIP_COMMENT];
+    let rule = |chain: &str, head: &[&str], target: &str| -> IptRule {
+        let tokens: Vec<&str> = head
+            .iter()
+            .chain(comment.iter())
+            .copied()
+            .chain(["-j", target])
+            .collect();
+        IptRule::new(chain, &tokens)
+    };
+    let dst = format!("{local}/32");
+    let mut rules = vec![rule("PREROUTING", &["-d", &dst, "-p", "4"], IPIP_CHAIN)];
+    for peer in peers {
+        let src = format!("{peer}/32");
+        rules.push(rule(IPIP_CHAIN, &["-s", &src], "RETURN"));
+    }
+    rules.push(rule(IPIP_CHAIN, &[], "DROP"));
+    IptRuleSet {
+        family: Family::V4,
+        table: "raw",
+        chain: IPIP_CHAIN,
+        parent: "PREROUTING",
+        rules,
+    }
+}

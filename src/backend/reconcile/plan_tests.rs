@@ -507,6 +507,7 @@ fn classify_reacts_to_drift_and_ignores_echoes_and_foreign_objects() {
         mac: None,
         up: true,
         vxlan: None,
+        ipip: None,
     };
     assert_eq!(
         c(KernelEvent::LinkChanged(recreated.clone())),

@@ -142,6 +142,7 @@ mod tests {
                 vni: 2,
                 ..Default::default()
             }),
+            ipip: None,
         };
         let mut incompatible = VxlanBackend::new(&cfg, &ext, &conf, None).unwrap();
         let devices = incompatible.observe(&[wrong_vni]);

@@ -33,6 +33,7 @@ fn vxlan_link(info: VxlanInfo) -> Link {
         mac: Some(OWN_MAC),
         up: true,
         vxlan: Some(info),
+        ipip: None,
     }
 }
 
@@ -200,6 +201,7 @@ fn incompatibilities_follow_upstreams_list() {
     let bridge = Link {
         kind: Some("bridge".into()),
         vxlan: None,
+        ipip: None,
         ..vxlan_link(good)
     };
     assert!(incompatibilities(&bridge, &want)[0].contains("bridge"));

@@ -17,7 +17,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::kernel::{
-    Addr, AddrFlags, Fdb, KResult, KernelEvent, Link, MacAddr, Neigh, Netlink, Op, Route, VxlanSpec,
+    Addr, AddrFlags, Fdb, IpipInfo, IpipSpec, KResult, KernelEvent, Link, MacAddr, Neigh, Netlink, Op, Route,
+    VxlanSpec,
 };
 
 mod state;
@@ -49,6 +50,7 @@ pub struct FakeCounters {
 pub enum FakeCall {
     Apply(Op),
     CreateVxlan(VxlanSpec),
+    CreateIpip(IpipSpec),
     DeleteLink(u32),
     SetLinkUp(u32),
     SetLinkMtu(u32, u32),
@@ -131,10 +133,20 @@ impl FakeKernel {
             mac: Some(mac),
             up: true,
             vxlan: None,
+            ipip: None,
         };
         match self.lock().state.add_link(link) {
             Ok(l) => l.index,
             Err(e) => panic!("fake kernel: adding link {name}: {e}"),
+        }
+    }
+
+    /// Add a link of any kind as found (a foreign or stale device), e.g. a `dummy` or an ipip
+    /// tunnel with other attributes; returns its index.
+    pub fn insert_link(&self, link: Link) -> u32 {
+        match self.lock().state.add_link(link.clone()) {
+            Ok(l) => l.index,
+            Err(e) => panic!("fake kernel: adding link {}: {e}", link.name),
         }
     }
 
@@ -322,6 +334,30 @@ impl Netlink for FakeKernel {
         self.mutate(
             || FakeCall::CreateVxlan(spec.clone()),
             |s| s.create_vxlan(spec).map(|l| (l, true)),
+        )
+    }
+
+    async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link> {
+        // Like the kernel: an ipip device has no MAC, is created down, and ttl/pmtudisc are as asked.
+        let link = Link {
+            index: 0,
+            name: spec.name.clone(),
+            kind: Some("ipip".into()),
+            mtu: spec.mtu,
+            mac: None,
+            up: false,
+            vxlan: None,
+            ipip: Some(IpipInfo {
+                local: Some(spec.local).filter(|ip| !ip.is_unspecified()),
+                remote: None,
+                ttl: 0,
+                pmtudisc: false,
+                link: 0,
+            }),
+        };
+        self.mutate(
+            || FakeCall::CreateIpip(spec.clone()),
+            |s| s.add_link(link).map(|l| (l, true)),
         )
     }
 

@@ -129,6 +129,7 @@ impl State {
                 gbp: spec.gbp,
                 l2miss: false,
             }),
+            ipip: None,
         };
         self.add_link(link)
     }

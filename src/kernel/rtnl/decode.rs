@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use netlink_packet_core::{ErrorMessage, NLM_F_ACK_TLVS, NLM_F_CAPPED, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoIpTunnel, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
@@ -18,7 +20,8 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::kernel::{
-    Addr, AddrFlags, Fdb, KernelEvent, Link, MacAddr, NUD_PERMANENT, Neigh, Route, RouteKind, VxlanInfo,
+    Addr, AddrFlags, Fdb, IpipInfo, KernelEvent, Link, MacAddr, NUD_PERMANENT, Neigh, Route, RouteKind,
+    VxlanInfo,
 };
 
 fn mac(bytes: &[u8]) -> Option<MacAddr> {
@@ -32,6 +35,7 @@ pub(super) fn link(msg: &LinkMessage) -> Option<Link> {
     let mut mtu = 0;
     let mut hw = None;
     let mut vxlan = None;
+    let mut ipip = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
@@ -42,6 +46,7 @@ pub(super) fn link(msg: &LinkMessage) -> Option<Link> {
                     match info {
                         LinkInfo::Kind(k) => kind = Some(k.to_string()),
                         LinkInfo::Data(InfoData::Vxlan(data)) => vxlan = Some(vxlan_info(data)),
+                        LinkInfo::Data(InfoData::IpTunnel(data)) => ipip = Some(ipip_info(data)),
                         _ => {}
                     }
                 }
@@ -49,6 +54,8 @@ pub(super) fn link(msg: &LinkMessage) -> Option<Link> {
             _ => {}
         }
     }
+    // IFLA_INFO_DATA of sit and ip6tnl devices decodes to the same variant: keep ipip's only.
+    let ipip = ipip.filter(|_| kind.as_deref() == Some("ipip"));
     Some(Link {
         index: msg.header.index,
         name: name?,
@@ -57,7 +64,28 @@ pub(super) fn link(msg: &LinkMessage) -> Option<Link> {
         mac: hw,
         up: msg.header.flags.contains(LinkFlags::Up),
         vxlan,
+        // IFLA_INFO_DATA of sit and ip6tnl devices decodes to the same variant: keep ipip's only.
+        ipip,
     })
+}
+
+fn ipip_info(data: &[InfoIpTunnel]) -> IpipInfo {
+    let v4 = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) if !v4.is_unspecified() => Some(*v4),
+        _ => None,
+    };
+    let mut info = IpipInfo::default();
+    for attr in data {
+        match attr {
+            InfoIpTunnel::Local(ip) => info.local = v4(ip),
+            InfoIpTunnel::Remote(ip) => info.remote = v4(ip),
+            InfoIpTunnel::Ttl(t) => info.ttl = *t,
+            InfoIpTunnel::PMtuDisc(p) => info.pmtudisc = *p,
+            InfoIpTunnel::Link(l) => info.link = *l,
+            _ => {}
+        }
+    }
+    info
 }
 
 fn vxlan_info(data: &[InfoVxlan]) -> VxlanInfo {

@@ -10,7 +10,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoIpTunnel, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -18,7 +18,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::kernel::{Addr, Fdb, Neigh, Op, Route, RouteKind, VxlanSpec};
+use crate::kernel::{Addr, Fdb, IpipSpec, Neigh, Op, Route, RouteKind, VxlanSpec};
 
 pub(super) type Msg = NetlinkMessage<RouteNetlinkMessage>;
 
@@ -136,6 +136,29 @@ pub(super) fn new_vxlan(spec: &VxlanSpec) -> Msg {
         LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(data)),
+        ]),
+    ];
+    message(RouteNetlinkMessage::NewLink(link), CREATE_EXCL)
+}
+
+/// `ip link add <name> txqueuelen 0 mtu <mtu> type ipip local <local> ttl inherit tos 0
+/// nopmtudisc` (remote any: the attribute is not sent), as upstream's netlink library sends it
+/// (spec 9.4).
+pub(super) fn new_ipip(spec: &IpipSpec) -> Msg {
+    let data = vec![
+        InfoIpTunnel::Local(IpAddr::V4(spec.local)),
+        InfoIpTunnel::PMtuDisc(false),
+        InfoIpTunnel::Ttl(0),
+        InfoIpTunnel::Tos(0),
+    ];
+    let mut link = LinkMessage::default();
+    link.attributes = vec![
+        LinkAttribute::IfName(spec.name.clone()),
+        LinkAttribute::TxQueueLen(0),
+        LinkAttribute::Mtu(spec.mtu),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::IpIp),
+            LinkInfo::Data(InfoData::IpTunnel(data)),
         ]),
     ];
     message(RouteNetlinkMessage::NewLink(link), CREATE_EXCL)
@@ -281,5 +304,7 @@ fn fdb(f: &Fdb) -> NeighbourMessage {
     msg
 }
 
+#[cfg(test)]
+mod ipip_tests;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::SocketAddr;
 
 use crate::kernel::{
-    Addr, Fdb, KResult, KernelError, KernelEvent, Link, Neigh, Netlink, Op, RT_TABLE_MAIN, Route, VxlanSpec,
+    Addr, Fdb, IpipSpec, KResult, KernelError, KernelEvent, Link, Neigh, Netlink, Op, RT_TABLE_MAIN, Route,
+    VxlanSpec,
 };
 use errors::{closed, describe, failed, nack, timed_out};
 
@@ -340,6 +341,20 @@ impl Netlink for RtNetlink {
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link> {
         let op = "creating vxlan device";
         self.request(encode::new_vxlan(spec), op, &spec.name).await?;
+        match self.link_by_name(&spec.name).await? {
+            Some(link) => Ok(link),
+            None => Err(failed(
+                op,
+                &spec.name,
+                "device vanished right after creation".into(),
+                None,
+            )),
+        }
+    }
+
+    async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link> {
+        let op = "creating ipip device";
+        self.request(encode::new_ipip(spec), op, &spec.name).await?;
         match self.link_by_name(&spec.name).await? {
             Some(link) => Ok(link),
             None => Err(failed(
