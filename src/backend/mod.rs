@@ -22,6 +22,7 @@ pub mod reconcile;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod vxlan;
+pub mod wireguard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -166,6 +167,12 @@ pub fn build(
     match &conf.backend {
         BackendConfig::Vxlan(cfg) => Ok(Box::new(vxlan::VxlanBackend::new(cfg, ext, conf, stored_mac)?)),
         BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new(conf, ext)?)),
+        BackendConfig::Wireguard(cfg) => Ok(Box::new(wireguard::WireguardBackend::new(
+            cfg,
+            ext,
+            conf,
+            wireguard::WgPaths::from_env(),
+        )?)),
         _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),
     }
 }

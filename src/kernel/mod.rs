@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 pub mod fake;
 pub mod rtnl;
+pub mod wireguard;
 
 /// Kernel errors name the operation and the object.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -343,6 +344,17 @@ pub trait Netlink: Send + Sync {
     async fn route_get(&self, dst: IpAddr) -> KResult<Vec<Route>>;
 
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link>;
+    /// `ip link add <name> mtu <mtu> type wireguard` (the kernel module; the configuration goes
+    /// over generic netlink, `kernel::wireguard`). The default says the kind is unsupported.
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
+        let _ = mtu;
+        Err(KernelError::Failed {
+            op: "creating wireguard device".into(),
+            object: name.to_string(),
+            message: "not supported by this kernel seam".into(),
+            errno: Some(libc::EOPNOTSUPP),
+        })
+    }
     async fn delete_link(&self, index: u32) -> KResult<()>;
     async fn set_link_up(&self, index: u32) -> KResult<()>;
     async fn set_link_mtu(&self, index: u32, mtu: u32) -> KResult<()>;

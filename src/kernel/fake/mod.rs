@@ -49,6 +49,7 @@ pub struct FakeCounters {
 pub enum FakeCall {
     Apply(Op),
     CreateVxlan(VxlanSpec),
+    CreateWireguard(String, u32),
     DeleteLink(u32),
     SetLinkUp(u32),
     SetLinkMtu(u32, u32),
@@ -322,6 +323,13 @@ impl Netlink for FakeKernel {
         self.mutate(
             || FakeCall::CreateVxlan(spec.clone()),
             |s| s.create_vxlan(spec).map(|l| (l, true)),
+        )
+    }
+
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
+        self.mutate(
+            || FakeCall::CreateWireguard(name.to_string(), mtu),
+            |s| s.create_wireguard(name, mtu).map(|l| (l, true)),
         )
     }
 
