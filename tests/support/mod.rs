@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod etcd;
 pub mod netns;
 pub mod testbed;
+pub mod wggo;
 
 /// Skip a test whose prerequisite is missing (root, a binary, a kernel feature), saying why.
 ///
