@@ -7,10 +7,15 @@
 //! 2. Latency: with the daemon running, 200 new leases written one by one; time from the etcd put
 //!    until the route exists (seen on `ip monitor route`), p50/p99.
 //!
+//! 3. WireGuard: iperf3 pod to pod through our userspace WireGuard and through wireguard-go
+//!    (bench/wireguard.rs).
+//!
 //! Usage: bench <path to flanneld> [N...]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "bench/wireguard.rs"]
+mod wireguard;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -303,6 +308,10 @@ fn main() {
         eprintln!("bench: needs root (network namespaces)");
         std::process::exit(1);
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("wireguard") {
+        wireguard::run(&flanneld);
+        return;
+    }
     println!("flanneld control-plane benchmark ({flanneld})\n");
     println!(
         "{:>6} | {:>14} | {:>14} | {:>6} | {:>9}",
@@ -328,4 +337,5 @@ fn main() {
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3
     );
+    wireguard::run(&flanneld);
 }

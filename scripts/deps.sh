@@ -15,6 +15,9 @@ needed=(
   "openssl /usr/bin/openssl"
   "procps /usr/bin/pgrep"
   "make /usr/bin/make"
+  "wireguard-tools /usr/bin/wg"
+  "wireguard-go /usr/bin/wireguard-go"
+  "iperf3 /usr/bin/iperf3"
 )
 
 missing=()

@@ -38,6 +38,7 @@ pub const UAPI_DIR: &str = "/run/wireguard";
 struct Running {
     instance: Arc<Instance>,
     uapi: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
 }
 
 pub struct UserspaceWireguard {
@@ -82,9 +83,11 @@ impl UserspaceWireguard {
 impl Drop for UserspaceWireguard {
     fn drop(&mut self) {
         let devices = self.devices.get_mut().unwrap_or_else(|p| p.into_inner());
+        // The TUN devices stay (persistent); the sockets go, as wireguard-go removes its own.
         for (_, r) in devices.drain() {
             r.uapi.abort();
             r.instance.stop();
+            let _ = std::fs::remove_file(&r.socket);
         }
     }
 }
@@ -160,12 +163,13 @@ impl WireguardDevice for UserspaceWireguard {
                             format!("{}: {e}", self.uapi_dir.display()),
                         )
                     })?;
-                tracing::info!(device = %name, socket = %path.display(), "UAPI socket ready (wg show/set work)");
+                tracing::info!(device = %name, socket = %path.display(), "UAPI socket ready (wg show and wg set work)");
                 self.devices.lock().unwrap_or_else(|p| p.into_inner()).insert(
                     name.to_string(),
                     Running {
                         instance: inst.clone(),
                         uapi: task,
+                        socket: path,
                     },
                 );
                 inst
