@@ -98,18 +98,36 @@ fn build_nodes(tag: &str, dir: &std::path::Path) -> (Node, Node) {
     let b = Netns::new(&format!("{tag}b"));
     veth(&a, "eth0", &b, "eth0");
     let mut nodes = Vec::new();
-    for (n, (ns, ip, subnet)) in [(a, "192.0.2.1", "198.18.1.0/24"), (b, "192.0.2.2", "198.18.2.0/24")]
-        .into_iter()
-        .enumerate()
+    for (n, (ns, ip, subnet)) in [
+        (a, "192.0.2.1", "198.18.1.0/24"),
+        (b, "192.0.2.2", "198.18.2.0/24"),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        sh(&ns, &format!("ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip link set lo up && sysctl -qw net.ipv4.ip_forward=1"));
+        sh(
+            &ns,
+            &format!(
+                "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip link set lo up && sysctl -qw net.ipv4.ip_forward=1"
+            ),
+        );
         let gw = subnet.replace(".0/24", ".1");
         let pod_ip = subnet.replace(".0/24", ".2");
-        sh(&ns, &format!("ip link add cni0 type bridge && ip addr add {gw}/24 dev cni0 && ip link set cni0 mtu 1420 up"));
+        sh(
+            &ns,
+            &format!(
+                "ip link add cni0 type bridge && ip addr add {gw}/24 dev cni0 && ip link set cni0 mtu 1420 up"
+            ),
+        );
         let pod = Netns::new(&format!("{tag}p{n}"));
         veth(&ns, "veth0", &pod, "eth0");
         sh(&ns, "ip link set veth0 master cni0 && ip link set veth0 up");
-        sh(&pod, &format!("ip link set eth0 mtu 1420 && ip addr add {pod_ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {gw}"));
+        sh(
+            &pod,
+            &format!(
+                "ip link set eth0 mtu 1420 && ip addr add {pod_ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {gw}"
+            ),
+        );
         nodes.push(Node {
             ns,
             pod,
@@ -134,7 +152,13 @@ enum Evt {
 
 /// Runs the backend and reconciler of `node` in a thread inside its namespace until `Cmd::Stop`
 /// (the first lease batch is the reconciler's snapshot: send one even when empty).
-fn spawn_node(node: &Node) -> (mpsc::UnboundedSender<Cmd>, std::sync::mpsc::Receiver<Evt>, std::thread::JoinHandle<()>) {
+fn spawn_node(
+    node: &Node,
+) -> (
+    mpsc::UnboundedSender<Cmd>,
+    std::sync::mpsc::Receiver<Evt>,
+    std::thread::JoinHandle<()>,
+) {
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
     let (evt_tx, evt_rx) = std::sync::mpsc::channel::<Evt>();
     let path = format!("/run/netns/{}", node.ns.name);
@@ -144,7 +168,10 @@ fn spawn_node(node: &Node) -> (mpsc::UnboundedSender<Cmd>, std::sync::mpsc::Rece
         let file = std::fs::File::open(&path).expect("opening the node's netns");
         // SAFETY: setns changes only this thread's network namespace.
         assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let k = Arc::new(RtNetlink::new().expect("rtnetlink"));
             let eth0 = k.link_by_name("eth0").await.unwrap().expect("eth0");
@@ -158,7 +185,10 @@ fn spawn_node(node: &Node) -> (mpsc::UnboundedSender<Cmd>, std::sync::mpsc::Rece
                 ext_v6_addr: None,
             };
             let (cfg, conf) = wg_config(WireguardImplementation::Kernel);
-            let paths = WgPaths { key_file: key, uapi_dir: "/run/wireguard".into() };
+            let paths = WgPaths {
+                key_file: key,
+                uapi_dir: "/run/wireguard".into(),
+            };
             let mut backend = WireguardBackend::new(&cfg, &ext, &conf, paths).expect("backend");
             let attrs = backend.prepare(&*k).await.expect("prepare");
             let own = Lease {
@@ -198,7 +228,14 @@ fn device(ns: &Netns) -> Option<DeviceInfo> {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(async { GenlWireguard::connect().await.ok()?.get_device("flannel-wg").await.ok()? })
+            .block_on(async {
+                GenlWireguard::connect()
+                    .await
+                    .ok()?
+                    .get_device("flannel-wg")
+                    .await
+                    .ok()?
+            })
     })
 }
 
@@ -237,7 +274,10 @@ fn kernel_wireguard_peers_pods_departure_recreation_and_restart() {
         return support::skip("vm_wireguard", "needs root (network namespaces)");
     }
     if !kernel_has_wireguard() {
-        return support::skip("vm_wireguard", "this kernel has no WireGuard (generic netlink family missing)");
+        return support::skip(
+            "vm_wireguard",
+            "this kernel has no WireGuard (generic netlink family missing)",
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = build_nodes("vmwg", dir.path());
@@ -252,51 +292,91 @@ fn kernel_wireguard_peers_pods_departure_recreation_and_restart() {
     assert!(link.contains("\"info_kind\":\"wireguard\""), "{link}");
     let dev = device(&a.ns).expect("device readable over generic netlink");
     assert_eq!(dev.listen_port, 51820);
-    assert_eq!(dev.private_key.expect("key set").public_key().to_string(), public_key_of(&a_lease));
+    assert_eq!(
+        dev.private_key.expect("key set").public_key().to_string(),
+        public_key_of(&a_lease)
+    );
     assert!(sh(&a.ns, "ip -4 addr show dev flannel-wg").contains("198.18.1.0/32"));
 
-    a_cmd.send(Cmd::Leases(vec![LeaseEvent::Added(b_lease.clone())])).unwrap();
-    b_cmd.send(Cmd::Leases(vec![LeaseEvent::Added(a_lease.clone())])).unwrap();
+    a_cmd
+        .send(Cmd::Leases(vec![LeaseEvent::Added(b_lease.clone())]))
+        .unwrap();
+    b_cmd
+        .send(Cmd::Leases(vec![LeaseEvent::Added(a_lease.clone())]))
+        .unwrap();
     let want_a = vec![public_key_of(&b_lease)];
-    assert!(until(Duration::from_secs(20), || peer_keys(&a.ns) == want_a).is_some(), "peers of a: {:?}", peer_keys(&a.ns));
+    assert!(
+        until(Duration::from_secs(20), || peer_keys(&a.ns) == want_a).is_some(),
+        "peers of a: {:?}",
+        peer_keys(&a.ns)
+    );
     let peer = &device(&a.ns).unwrap().peers[0];
     assert_eq!(peer.endpoint, Some("192.0.2.2:51820".parse().unwrap()));
     assert_eq!(peer.allowed_ips, vec!["198.18.2.0/24".parse().unwrap()]);
     assert_eq!(peer.persistent_keepalive, 25);
     let route = sh(&a.ns, &format!("ip route show {NETWORK} dev flannel-wg"));
-    assert!(route.contains("scope link") && route.contains("proto 70"), "{route}");
+    assert!(
+        route.contains("scope link") && route.contains("proto 70"),
+        "{route}"
+    );
 
     // Pods ping each other over kernel WireGuard.
-    assert!(until(Duration::from_secs(20), || pings(&a.pod, "198.18.2.2")).is_some(), "pod a -> pod b");
+    assert!(
+        until(Duration::from_secs(20), || pings(&a.pod, "198.18.2.2")).is_some(),
+        "pod a -> pod b"
+    );
     assert!(pings(&b.pod, "198.18.1.2"), "pod b -> pod a");
-    assert!(device(&a.ns).unwrap().peers[0].last_handshake.is_some(), "a handshake happened");
+    assert!(
+        device(&a.ns).unwrap().peers[0].last_handshake.is_some(),
+        "a handshake happened"
+    );
 
     // A departed node's peer is removed within 5 s.
-    a_cmd.send(Cmd::Leases(vec![LeaseEvent::Removed(b_lease.clone())])).unwrap();
+    a_cmd
+        .send(Cmd::Leases(vec![LeaseEvent::Removed(b_lease.clone())]))
+        .unwrap();
     let gone = until(Duration::from_secs(5), || peer_keys(&a.ns).is_empty());
-    assert!(gone.is_some(), "departed peer still on the device: {:?}", peer_keys(&a.ns));
+    assert!(
+        gone.is_some(),
+        "departed peer still on the device: {:?}",
+        peer_keys(&a.ns)
+    );
 
     // A device deleted by hand is recreated with the same key; peer and route replayed.
-    a_cmd.send(Cmd::Leases(vec![LeaseEvent::Added(b_lease.clone())])).unwrap();
+    a_cmd
+        .send(Cmd::Leases(vec![LeaseEvent::Added(b_lease.clone())]))
+        .unwrap();
     assert!(until(Duration::from_secs(10), || peer_keys(&a.ns) == want_a).is_some());
     sh(&a.ns, "ip link del flannel-wg");
     let back = until(Duration::from_secs(20), || {
         device(&a.ns).is_some_and(|d| {
-            d.private_key.as_ref().map(|k| k.public_key().to_string()) == Some(public_key_of(&a_lease)) && d.peers.len() == 1
+            d.private_key.as_ref().map(|k| k.public_key().to_string()) == Some(public_key_of(&a_lease))
+                && d.peers.len() == 1
         })
     });
     assert!(back.is_some(), "device not recreated with key and peer");
-    assert!(until(Duration::from_secs(20), || pings(&a.pod, "198.18.2.2")).is_some(), "pods after recreation");
+    assert!(
+        until(Duration::from_secs(20), || pings(&a.pod, "198.18.2.2")).is_some(),
+        "pods after recreation"
+    );
 
     // A restart adopts the device: same index, same peers, traffic keeps flowing.
     let index_before = sh(&a.ns, "ip -j link show flannel-wg");
     a_cmd.send(Cmd::Stop).unwrap();
     a_thread.join().unwrap();
-    assert_eq!(sh(&a.ns, "ip -j link show flannel-wg"), index_before, "device left in place at shutdown");
+    assert_eq!(
+        sh(&a.ns, "ip -j link show flannel-wg"),
+        index_before,
+        "device left in place at shutdown"
+    );
     assert_eq!(peer_keys(&a.ns), want_a, "peers left in place at shutdown");
     let (a_cmd, a_evt, a_thread) = spawn_node(&a);
     let (a_lease2, _) = prepared(&a_evt);
-    assert_eq!(public_key_of(&a_lease2), public_key_of(&a_lease), "same key after restart");
+    assert_eq!(
+        public_key_of(&a_lease2),
+        public_key_of(&a_lease),
+        "same key after restart"
+    );
     a_cmd.send(Cmd::Leases(vec![LeaseEvent::Added(b_lease)])).unwrap();
     assert!(until(Duration::from_secs(10), || pings(&a.pod, "198.18.2.2")).is_some());
     assert_eq!(peer_keys(&a.ns), want_a);
@@ -323,51 +403,106 @@ fn generic_netlink_set_and_get_roundtrip_through_the_kernel() {
     }
     let ns = Netns::new("vmwggenl");
     ns.run(|| {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let k = RtNetlink::new().unwrap();
-            k.create_wireguard("flannel-wg", 1420).await.expect("ip link add type wireguard");
-            let genl = GenlWireguard::connect().await.expect("genl");
-            let peers: Vec<PeerUpdate> = (0..300u32)
-                .map(|i| PeerUpdate {
-                    public_key: PrivateKey::from_bytes([(i % 251) as u8 + 1, (i / 251) as u8, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]).public_key(),
-                    preshared_key: Some(Some(PresharedKey(WgKey([9; 32])))).filter(|_| i % 2 == 0),
-                    endpoint: Some(if i % 3 == 0 {
-                        format!("[2001:db8::{:x}]:51820", i + 1).parse().unwrap()
-                    } else {
-                        format!("192.0.2.{}:51820", i % 250 + 1).parse().unwrap()
-                    }),
-                    persistent_keepalive: Some(25),
-                    replace_allowed_ips: true,
-                    allowed_ips: vec![format!("198.18.{}.{}/30", i / 64, (i % 64) * 4).parse().unwrap()],
-                    ..PeerUpdate::default()
-                })
-                .collect();
-            let update = DeviceUpdate {
-                private_key: Some(Some(PrivateKey::generate())),
-                listen_port: Some(51820),
-                peers: peers.clone(),
-                ..DeviceUpdate::default()
-            };
-            genl.set_device("flannel-wg", &update).await.expect("set");
-            let got = genl.get_device("flannel-wg").await.expect("get").expect("device");
-            assert_eq!(got.listen_port, 51820);
-            assert_eq!(got.private_key, update.private_key.clone().unwrap());
-            assert_eq!(got.peers.len(), 300);
-            for want in &peers {
-                let have = got.peers.iter().find(|p| p.public_key == want.public_key).expect("peer");
-                assert_eq!(have.endpoint, want.endpoint);
-                assert_eq!(have.allowed_ips, want.allowed_ips);
-                assert_eq!(have.preshared_key, want.preshared_key.flatten());
-                assert_eq!(have.persistent_keepalive, 25);
-            }
-            // Remove half, the rest stays.
-            let remove = DeviceUpdate {
-                peers: peers.iter().step_by(2).map(|p| PeerUpdate { public_key: p.public_key, remove: true, ..PeerUpdate::default() }).collect(),
-                ..DeviceUpdate::default()
-            };
-            genl.set_device("flannel-wg", &remove).await.expect("remove");
-            assert_eq!(genl.get_device("flannel-wg").await.unwrap().unwrap().peers.len(), 150);
-            assert!(genl.get_device("no-such-dev").await.unwrap().is_none());
-        })
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let k = RtNetlink::new().unwrap();
+                k.create_wireguard("flannel-wg", 1420)
+                    .await
+                    .expect("ip link add type wireguard");
+                let genl = GenlWireguard::connect().await.expect("genl");
+                let peers: Vec<PeerUpdate> = (0..300u32)
+                    .map(|i| PeerUpdate {
+                        public_key: PrivateKey::from_bytes([
+                            (i % 251) as u8 + 1,
+                            (i / 251) as u8,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                            7,
+                        ])
+                        .public_key(),
+                        preshared_key: Some(Some(PresharedKey(WgKey([9; 32])))).filter(|_| i % 2 == 0),
+                        endpoint: Some(if i % 3 == 0 {
+                            format!("[2001:db8::{:x}]:51820", i + 1).parse().unwrap()
+                        } else {
+                            format!("192.0.2.{}:51820", i % 250 + 1).parse().unwrap()
+                        }),
+                        persistent_keepalive: Some(25),
+                        replace_allowed_ips: true,
+                        allowed_ips: vec![format!("198.18.{}.{}/30", i / 64, (i % 64) * 4).parse().unwrap()],
+                        ..PeerUpdate::default()
+                    })
+                    .collect();
+                let update = DeviceUpdate {
+                    private_key: Some(Some(PrivateKey::generate())),
+                    listen_port: Some(51820),
+                    peers: peers.clone(),
+                    ..DeviceUpdate::default()
+                };
+                genl.set_device("flannel-wg", &update).await.expect("set");
+                let got = genl.get_device("flannel-wg").await.expect("get").expect("device");
+                assert_eq!(got.listen_port, 51820);
+                assert_eq!(got.private_key, update.private_key.clone().unwrap());
+                assert_eq!(got.peers.len(), 300);
+                for want in &peers {
+                    let have = got
+                        .peers
+                        .iter()
+                        .find(|p| p.public_key == want.public_key)
+                        .expect("peer");
+                    assert_eq!(have.endpoint, want.endpoint);
+                    assert_eq!(have.allowed_ips, want.allowed_ips);
+                    assert_eq!(have.preshared_key, want.preshared_key.flatten());
+                    assert_eq!(have.persistent_keepalive, 25);
+                }
+                // Remove half, the rest stays.
+                let remove = DeviceUpdate {
+                    peers: peers
+                        .iter()
+                        .step_by(2)
+                        .map(|p| PeerUpdate {
+                            public_key: p.public_key,
+                            remove: true,
+                            ..PeerUpdate::default()
+                        })
+                        .collect(),
+                    ..DeviceUpdate::default()
+                };
+                genl.set_device("flannel-wg", &remove).await.expect("remove");
+                assert_eq!(
+                    genl.get_device("flannel-wg").await.unwrap().unwrap().peers.len(),
+                    150
+                );
+                assert!(genl.get_device("no-such-dev").await.unwrap().is_none());
+            })
     });
 }

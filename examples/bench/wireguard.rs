@@ -26,7 +26,10 @@ fn iperf(tb: &Testbed, from: usize, to: usize) -> f64 {
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 pub fn run(flanneld: &str) {
@@ -34,8 +37,14 @@ pub fn run(flanneld: &str) {
         println!("\nwireguard throughput: skipped ({why})");
         return;
     }
-    let mut tb = Testbed::new(TestbedOptions { nodes: 4, flanneld: flanneld.into(), tag: "benchwg".into() });
-    tb.put_config(&format!(r#"{{"Network": "{NETWORK}", "Backend": {{"Type": "wireguard"}}}}"#));
+    let mut tb = Testbed::new(TestbedOptions {
+        nodes: 4,
+        flanneld: flanneld.into(),
+        tag: "benchwg".into(),
+    });
+    tb.put_config(&format!(
+        r#"{{"Network": "{NETWORK}", "Backend": {{"Type": "wireguard"}}}}"#
+    ));
     let go: Vec<GoNode> = [2usize, 3]
         .iter()
         .enumerate()
@@ -57,7 +66,11 @@ pub fn run(flanneld: &str) {
     }
     for (from, to) in [(0, 1), (2, 3)] {
         let ip = tb.nodes[to].pod_ip().unwrap();
-        assert!(tb.ping_until(from, ip, Duration::from_secs(20)), "no ping {from} -> {to}; log:\n{}", tb.nodes[0].log());
+        assert!(
+            tb.ping_until(from, ip, Duration::from_secs(20)),
+            "no ping {from} -> {to}; log:\n{}",
+            tb.nodes[0].log()
+        );
     }
     let ours = iperf(&tb, 0, 1);
     let theirs = iperf(&tb, 2, 3);
@@ -65,6 +78,9 @@ pub fn run(flanneld: &str) {
     println!("  flanneld userspace WireGuard : {ours:>6.2} Gbit/s");
     println!("  wireguard-go (Debian)        : {theirs:>6.2} Gbit/s");
     if theirs > 0.0 {
-        println!("  ratio                        : {:>6.2}x (goal >= 1.5x)", ours / theirs);
+        println!(
+            "  ratio                        : {:>6.2}x (goal >= 1.5x)",
+            ours / theirs
+        );
     }
 }
