@@ -150,6 +150,51 @@ fn userspace_wireguard_interoperates_with_wireguard_go_and_keeps_peers_exact() {
     );
     assert!(show.contains("latest handshake"), "{show}");
 
+    // `wg set` works on our device: an operator's peer (allowed IPs outside the cluster network)
+    // stays, a cluster peer's allowed IPs changed by hand are put back at once.
+    let (_, operator) = wggo::genkey();
+    wggo::wg_in(
+        ours_pid,
+        &[
+            "set",
+            "flannel-wg",
+            "peer",
+            &operator,
+            "allowed-ips",
+            "203.0.113.0/24",
+        ],
+    )
+    .unwrap();
+    let go0 = &go[0];
+    wggo::wg_in(
+        ours_pid,
+        &[
+            "set",
+            "flannel-wg",
+            "peer",
+            &go0.public_key,
+            "allowed-ips",
+            "198.18.200.0/25",
+        ],
+    )
+    .unwrap();
+    let restored = e2e_common::time_until(Duration::from_secs(5), || {
+        wggo::wg_in(ours_pid, &["show", "flannel-wg", "allowed-ips"])
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&go0.public_key) && l.trim_end().ends_with("198.18.200.0/24"))
+    });
+    assert!(
+        restored.is_some(),
+        "allowed IPs not corrected:\n{}",
+        wggo::wg_in(ours_pid, &["show", "flannel-wg"]).unwrap()
+    );
+    let mut with_operator = want.clone();
+    with_operator.push(operator.clone());
+    let listed = wait_peers(ours_pid, &with_operator, Duration::from_secs(2));
+    assert!(listed.is_ok(), "operator's peer must stay: {listed:?}");
+    wggo::wg_in(ours_pid, &["set", "flannel-wg", "peer", &operator, "remove"]).unwrap();
+
     // Garbage to the listen port changes nothing.
     let invalid_before = metric(&tb, 0, "flannel_wireguard_userspace_rx_invalid_total");
     send_garbage(&tb, GO[0], &format!("{}:51820", tb.nodes[0].ip));

@@ -415,41 +415,13 @@ fn generic_netlink_set_and_get_roundtrip_through_the_kernel() {
                 let genl = GenlWireguard::connect().await.expect("genl");
                 let peers: Vec<PeerUpdate> = (0..300u32)
                     .map(|i| PeerUpdate {
-                        public_key: PrivateKey::from_bytes([
-                            (i % 251) as u8 + 1,
-                            (i / 251) as u8,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                            7,
-                        ])
-                        .public_key(),
+                        public_key: {
+                            // Bytes 1 and 2 carry the index (clamping touches bytes 0 and 31).
+                            let mut k = [7u8; 32];
+                            k[1] = i as u8;
+                            k[2] = (i >> 8) as u8;
+                            PrivateKey::from_bytes(k).public_key()
+                        },
                         preshared_key: Some(Some(PresharedKey(WgKey([9; 32])))).filter(|_| i % 2 == 0),
                         endpoint: Some(if i % 3 == 0 {
                             format!("[2001:db8::{:x}]:51820", i + 1).parse().unwrap()
@@ -472,7 +444,12 @@ fn generic_netlink_set_and_get_roundtrip_through_the_kernel() {
                 let got = genl.get_device("flannel-wg").await.expect("get").expect("device");
                 assert_eq!(got.listen_port, 51820);
                 assert_eq!(got.private_key, update.private_key.clone().unwrap());
-                assert_eq!(got.peers.len(), 300);
+                let wg_count = std::process::Command::new("wg")
+                    .args(["show", "flannel-wg", "peers"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).lines().count().to_string())
+                    .unwrap_or_else(|e| format!("wg: {e}"));
+                assert_eq!(got.peers.len(), 300, "wg show lists {wg_count} peers");
                 for want in &peers {
                     let have = got
                         .peers
