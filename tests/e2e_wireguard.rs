@@ -217,6 +217,23 @@ fn userspace_wireguard_interoperates_with_wireguard_go_and_keeps_peers_exact() {
         "garbage counted as invalid ({invalid_before} -> {invalid_after})"
     );
 
+    // The device deleted by hand comes back (same key and port, every peer, the network route).
+    tb.nodes[1].ns.sh("ip link del flannel-wg");
+    let back = e2e_common::time_until(CONVERGE, || {
+        tb.ping(1, tb.nodes[0].pod_ip().unwrap()) && tb.ping(1, tb.nodes[GO[0]].pod_ip().unwrap())
+    });
+    assert!(
+        back.is_some(),
+        "no traffic after deleting flannel-wg on node2:\n{}",
+        tb.nodes[1].log()
+    );
+    let node2_peers = wggo::peers_in(daemon_pid(&tb, 1), "flannel-wg").unwrap();
+    assert_eq!(node2_peers.len(), 3, "{node2_peers:?}");
+    println!(
+        "userspace device recreated, traffic back after {:?}",
+        back.unwrap()
+    );
+
     // A departed node (its lease deleted) is gone from our device within 5 s.
     let departed = &go[1];
     tb.etcdctl(&["del", &departed.lease_key]);
