@@ -161,3 +161,51 @@ impl DataPathMetrics for WgMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::peers::WgKey;
+
+    #[test]
+    fn renders_peers_and_userspace_counters_in_prometheus_text() {
+        let m = WgMetrics::default();
+        m.set_peers(vec![(
+            "flannel-wg".into(),
+            PeerInfo {
+                public_key: WgKey([1; 32]),
+                last_handshake: Some(SystemTime::now()),
+                rx_bytes: 7,
+                ..PeerInfo::default()
+            },
+        )]);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("flannel_wireguard_peers{device=\"flannel-wg\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("flannel_wireguard_peer_rx_bytes{device=\"flannel-wg\",public_key=\"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"} 7\n"), "{out}");
+        assert!(
+            out.contains("flannel_wireguard_peer_handshake_age_seconds{"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("userspace"),
+            "kernel implementation: no data-path counters"
+        );
+        m.userspace.store(true, std::sync::atomic::Ordering::Relaxed);
+        DataPathCounters::add(&m.data_path.rx_invalid, 3);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("flannel_wireguard_userspace_rx_invalid_total 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("flannel_")),
+            "{out}"
+        );
+    }
+}
