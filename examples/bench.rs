@@ -9,13 +9,18 @@
 //!
 //! 3. Data path (`bench/datapath.rs`): iperf3 TCP pod to pod through the udp backend and through
 //!    kernel vxlan, and the udp restart gap.
+//! 4. WireGuard: iperf3 pod to pod through our userspace WireGuard and through wireguard-go
+//!    (bench/wireguard.rs).
 //!
-//! Usage: bench <path to flanneld> [N...]   (`bench <flanneld> datapath` runs only section 3)
+//! Usage: bench <path to flanneld> [N...]   (`bench <flanneld> datapath` runs only section 3;
+//! `BENCH_ONLY=wireguard` only section 4)
 
 #[path = "bench/datapath.rs"]
 mod datapath;
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "bench/wireguard.rs"]
+mod wireguard;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -312,6 +317,10 @@ fn main() {
         eprintln!("bench: needs root (network namespaces)");
         std::process::exit(1);
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("wireguard") {
+        wireguard::run(&flanneld);
+        return;
+    }
     println!("flanneld control-plane benchmark ({flanneld})\n");
     println!(
         "{:>6} | {:>14} | {:>14} | {:>6} | {:>9}",
@@ -338,4 +347,5 @@ fn main() {
         lat.last().unwrap().as_secs_f64() * 1e3
     );
     datapath::run(&flanneld);
+    wireguard::run(&flanneld);
 }

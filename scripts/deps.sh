@@ -24,6 +24,9 @@ needed=(
   "binutils /usr/bin/strip"
   "curl /usr/bin/curl"
   "util-linux /usr/bin/unshare"
+  # WireGuard interop peers (tests/e2e_wireguard.rs, bench).
+  "wireguard-tools /usr/bin/wg"
+  "wireguard-go /usr/bin/wireguard-go"
 )
 
 missing=()

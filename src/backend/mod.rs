@@ -28,6 +28,7 @@ pub(crate) mod testutil;
 pub mod tun;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -35,8 +36,6 @@ pub enum BackendError {
     Kernel { step: String, source: KernelError },
     #[error("{0}")]
     Config(String),
-    #[error("backend type {0:?} is not implemented yet")]
-    NotImplemented(String),
 }
 
 /// The external interface the backend runs on (from interface selection, spec 7).
@@ -177,7 +176,12 @@ pub fn build(
         BackendConfig::Ipip(cfg) => Ok(Box::new(ipip::IpipBackend::new(cfg, ext, conf)?)),
         BackendConfig::Extension(cfg) => Ok(Box::new(extension::ExtensionBackend::new(cfg, ext, conf))),
         BackendConfig::Alloc => Ok(Box::new(alloc::AllocBackend::new(conf, ext))),
-        _ => Err(BackendError::NotImplemented(conf.backend_type.clone())),
+        BackendConfig::Wireguard(cfg) => Ok(Box::new(wireguard::WireguardBackend::new(
+            cfg,
+            ext,
+            conf,
+            wireguard::WgPaths::from_env(),
+        )?)),
     }
 }
 

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 #[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake;
 pub mod rtnl;
+pub mod wireguard;
 
 /// Kernel errors name the operation and the object.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -370,6 +371,17 @@ pub trait Netlink: Send + Sync {
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link>;
     /// Create an ipip tunnel device (spec 9.4); fails with EEXIST when the name is taken.
     async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link>;
+    /// `ip link add <name> mtu <mtu> type wireguard` (the kernel module; the configuration goes
+    /// over generic netlink, `kernel::wireguard`). The default says the kind is unsupported.
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
+        let _ = mtu;
+        Err(KernelError::Failed {
+            op: "creating wireguard device".into(),
+            object: name.to_string(),
+            message: "not supported by this kernel seam".into(),
+            errno: Some(libc::EOPNOTSUPP),
+        })
+    }
     async fn delete_link(&self, index: u32) -> KResult<()>;
     async fn set_link_up(&self, index: u32) -> KResult<()>;
     async fn set_link_mtu(&self, index: u32, mtu: u32) -> KResult<()>;

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::{
     BackendConfig, ExtensionConfig, IpipConfig, NetConfError, UdpConfig, VxlanConfig, WireguardConfig,
-    WireguardMode,
+    WireguardImplementation, WireguardMode,
 };
 use crate::lease::gojson::{self, Fields, GoObject};
 
@@ -122,6 +122,7 @@ fn wireguard(object: &GoObject) -> Result<WireguardConfig, NetConfError> {
         "PSK",
         "PersistentKeepaliveInterval",
         "Mode",
+        "Implementation",
     ]);
     let b = "wireguard";
     let psk = match f.get("PSK") {
@@ -164,15 +165,31 @@ fn wireguard(object: &GoObject) -> Result<WireguardConfig, NetConfError> {
             }
         },
     };
+    let implementation = match string(b, &f, "Implementation")?.as_deref() {
+        None | Some("auto") => WireguardImplementation::Auto,
+        Some("kernel") => WireguardImplementation::Kernel,
+        Some("userspace") => WireguardImplementation::Userspace,
+        Some(_) => {
+            let raw = f.get("Implementation").map(|r| r.get()).unwrap_or_default();
+            return Err(NetConfError::BadBackend {
+                backend: b.to_string(),
+                reason: format!(
+                    "key \"Implementation\" has value {raw}; expected one of \"auto\", \"kernel\", \"userspace\""
+                ),
+            });
+        }
+    };
     Ok(WireguardConfig {
         listen_port: port(b, &f, "ListenPort")?.unwrap_or(DEFAULT_WG_PORT),
         listen_port_v6: port(b, &f, "ListenPortV6")?.unwrap_or(DEFAULT_WG_PORT_V6),
         mtu: mtu(b, &f)?,
         psk,
-        persistent_keepalive: int(b, &f, "PersistentKeepaliveInterval", 0, i64::from(u32::MAX))?
+        // The kernel and the UAPI carry the interval as 16 bits.
+        persistent_keepalive: int(b, &f, "PersistentKeepaliveInterval", 0, i64::from(u16::MAX))?
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(0),
         mode,
+        implementation,
     })
 }
 

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use crate::lease::gojson::{self, GoObject};
 
-mod backend;
+pub(crate) mod backend;
 mod check;
 
 /// Every error names the key and the value that is wrong.
@@ -114,7 +114,17 @@ pub enum WireguardMode {
     Ipv6,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which WireGuard data path the wireguard backend uses (`Implementation` key; not upstream's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireguardImplementation {
+    /// The kernel module when its generic netlink family exists, else the userspace one.
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+#[derive(Clone, PartialEq, Eq)]
 pub struct WireguardConfig {
     /// Default 51820.
     pub listen_port: u16,
@@ -127,6 +137,23 @@ pub struct WireguardConfig {
     /// Seconds; 0 = off.
     pub persistent_keepalive: u32,
     pub mode: WireguardMode,
+    /// Default `auto`.
+    pub implementation: WireguardImplementation,
+}
+
+/// Written by hand so that the PSK never shows in a log line (`{:?}` of the config).
+impl std::fmt::Debug for WireguardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireguardConfig")
+            .field("listen_port", &self.listen_port)
+            .field("listen_port_v6", &self.listen_port_v6)
+            .field("mtu", &self.mtu)
+            .field("psk", &self.psk.as_ref().map(|_| "<redacted>"))
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("mode", &self.mode)
+            .field("implementation", &self.implementation)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

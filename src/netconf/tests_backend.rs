@@ -52,6 +52,7 @@ fn backend_defaults() {
             psk: None,
             persistent_keepalive: 0,
             mode: WireguardMode::Separate,
+            implementation: WireguardImplementation::Auto,
         })
     );
     assert_eq!(
@@ -116,6 +117,7 @@ fn backend_keys_are_decoded() {
             psk: Some(psk.to_string()),
             persistent_keepalive: 25,
             mode: WireguardMode::Auto,
+            implementation: WireguardImplementation::Auto,
         })
     );
     for (text, mode) in [
@@ -227,6 +229,14 @@ fn backend_value_errors_name_backend_key_and_value() {
             "no valid Mode configured",
         ),
         (
+            r#"{"Backend":{"Type":"wireguard","Implementation":"ebpf"}}"#,
+            "key \"Implementation\" has value \"ebpf\"; expected one of \"auto\", \"kernel\", \"userspace\"",
+        ),
+        (
+            r#"{"Backend":{"Type":"wireguard","PersistentKeepaliveInterval":65536}}"#,
+            "key \"PersistentKeepaliveInterval\" has an invalid value 65536: must be between 0 and 65535",
+        ),
+        (
             r#"{"Backend":{"Type":"extension","SubnetAddCommand":["a"]}}"#,
             "(extension): key \"SubnetAddCommand\" has an invalid value [\"a\"]",
         ),
@@ -276,4 +286,30 @@ fn base64_decoder_is_strict_std() {
         d("Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc=").unwrap().len(),
         32
     );
+}
+
+#[test]
+fn wireguard_implementation_key_selects_the_data_path() {
+    for (text, want) in [
+        ("auto", WireguardImplementation::Auto),
+        ("kernel", WireguardImplementation::Kernel),
+        ("userspace", WireguardImplementation::Userspace),
+    ] {
+        let c = conf(&format!(
+            r#"{{"Backend":{{"Type":"wireguard","implementation":"{text}"}}}}"#
+        ));
+        assert!(
+            matches!(c.backend, BackendConfig::Wireguard(WireguardConfig { implementation: i, .. }) if i == want),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn wireguard_config_debug_hides_the_psk() {
+    let psk = "Ft3ZJ1uXAfLCKWGXbqtsUGJ4qHsJyTjuS3u6hUJuwLc=";
+    let c = conf(&format!(r#"{{"Backend":{{"Type":"wireguard","PSK":"{psk}"}}}}"#));
+    let text = format!("{:?}", c);
+    assert!(!text.contains(psk), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
 }

@@ -6,6 +6,7 @@ pub mod netns;
 pub mod testbed;
 pub mod testbed_v6;
 pub mod udp_peer;
+pub mod wggo;
 
 /// Skip a test whose prerequisite is missing (root, a binary, a kernel feature), saying why.
 ///

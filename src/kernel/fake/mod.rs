@@ -51,6 +51,7 @@ pub enum FakeCall {
     Apply(Op),
     CreateVxlan(VxlanSpec),
     CreateIpip(IpipSpec),
+    CreateWireguard(String, u32),
     DeleteLink(u32),
     SetLinkUp(u32),
     SetLinkMtu(u32, u32),
@@ -358,6 +359,13 @@ impl Netlink for FakeKernel {
         self.mutate(
             || FakeCall::CreateIpip(spec.clone()),
             |s| s.add_link(link).map(|l| (l, true)),
+        )
+    }
+
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
+        self.mutate(
+            || FakeCall::CreateWireguard(name.to_string(), mtu),
+            |s| s.create_wireguard(name, mtu).map(|l| (l, true)),
         )
     }
 

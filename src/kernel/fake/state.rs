@@ -134,6 +134,22 @@ impl State {
         self.add_link(link)
     }
 
+    pub(super) fn create_wireguard(&mut self, name: &str, mtu: u32) -> KResult<Link> {
+        if self.links.values().any(|l| l.name == name) {
+            return Err(failed("creating wireguard device", name, libc::EEXIST));
+        }
+        self.add_link(Link {
+            index: 0,
+            name: name.to_string(),
+            kind: Some("wireguard".into()),
+            mtu,
+            mac: None,
+            up: false,
+            vxlan: None,
+            ipip: None,
+        })
+    }
+
     /// Deleting a link takes its addresses, routes, neighbours and FDB entries with it. Like Linux,
     /// only the link and address deletions are announced: IPv4 routes flushed with a device are
     /// removed silently, so a consumer must react to the link event itself.

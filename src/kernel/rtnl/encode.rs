@@ -164,6 +164,17 @@ pub(super) fn new_ipip(spec: &IpipSpec) -> Msg {
     message(RouteNetlinkMessage::NewLink(link), CREATE_EXCL)
 }
 
+/// `ip link add <name> mtu <mtu> type wireguard` (spec 9.5).
+pub(super) fn new_wireguard(name: &str, mtu: u32) -> Msg {
+    let mut link = LinkMessage::default();
+    link.attributes = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Wireguard)]),
+    ];
+    message(RouteNetlinkMessage::NewLink(link), CREATE_EXCL)
+}
+
 /// `ip link del dev #index`.
 pub(super) fn del_link(index: u32) -> Msg {
     let mut link = LinkMessage::default();

@@ -366,6 +366,20 @@ impl Netlink for RtNetlink {
         }
     }
 
+    async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
+        let op = "creating wireguard device";
+        self.request(encode::new_wireguard(name, mtu), op, name).await?;
+        match self.link_by_name(name).await? {
+            Some(link) => Ok(link),
+            None => Err(failed(
+                op,
+                name,
+                "device vanished right after creation".into(),
+                None,
+            )),
+        }
+    }
+
     async fn delete_link(&self, index: u32) -> KResult<()> {
         self.request(encode::del_link(index), "deleting link", &format!("#{index}"))
             .await
