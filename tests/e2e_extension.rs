@@ -112,8 +112,9 @@ fn extension_commands_get_their_environment_and_follow_nodes_joining_and_leaving
     }
     for i in 0..2 {
         tb.wait_subnet_env(i, STARTUP);
-        wait_ready(&mut tb, i, STARTUP);
     }
+    // node1 is not ready while its add fails (ready means every desired entry installed).
+    wait_ready(&mut tb, 1, STARTUP);
     let one = lease_of(&tb, 0);
     let two = lease_of(&tb, 1);
     // The pre-startup output is the lease's BackendData (a JSON string, Go's escaping); the
@@ -160,8 +161,13 @@ fn extension_commands_get_their_environment_and_follow_nodes_joining_and_leaving
     );
     std::thread::sleep(Duration::from_secs(1));
     assert!(daemon_alive(&mut tb, 0), "a failing add is never fatal");
+    assert!(
+        !ready(&tb, 0),
+        "node1 reports ready while its add for node2 keeps failing"
+    );
     std::fs::remove_file(fail_flag(&tb, 0)).unwrap();
     wait_line(&tb, 0, &peer_line("add", "node1", &two, "node2"), CONVERGE);
+    wait_ready(&mut tb, 0, STARTUP);
     println!("node1's add for node2 failed and was retried until it succeeded");
 
     // A node joining runs add on every other node.

@@ -108,9 +108,9 @@ impl FailingOps {
             if let Some(err) = o.error {
                 applied.failed += 1;
                 if self.0.get(&o.text) == Some(&err) {
-                    tracing::debug!(op = %o.text, error = %err, "kernel op still failing");
+                    tracing::debug!(op = %o.text, error = %err, "op still failing");
                 } else {
-                    tracing::warn!(op = %o.text, error = %err, "kernel op failed; will retry");
+                    tracing::warn!(op = %o.text, error = %err, "op failed; will retry");
                 }
                 last_error = Some(format!("{}: {err}", o.text));
                 self.0.insert(o.text, err);

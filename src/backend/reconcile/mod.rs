@@ -49,6 +49,8 @@ use crate::lease::{Lease, LeaseEvent};
 
 mod apply;
 mod installed;
+#[cfg(test)]
+mod ownership_tests;
 mod phase;
 mod plan;
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{NetConf, WireguardConfig, WireguardImplementation};
 
 pub mod device;
+#[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake;
 pub mod kernel;
 pub mod key;

@@ -48,7 +48,7 @@ pub mod transport;
 mod watch;
 
 use entries::{EntryError, KeyLayout, lease_of_entry};
-use registry::{CreateOutcome, Entry, PutOutcome, Registry, RegistryError};
+use registry::{CreateOutcome, KeyValue, PutOutcome, Registry, RegistryError};
 
 /// TTL of every etcd lease we create (upstream `Grant(86400)`).
 pub const LEASE_TTL_SECS: i64 = 86_400;
@@ -121,7 +121,7 @@ impl Shared {
     ///
     /// No lease TTL is read (that would be one TimeToLive request per key): nobody needs other
     /// nodes' expirations, and whether a key is leased is in the entry itself.
-    pub(crate) fn listed(&self, entry: &Entry) -> Result<Listed, EntryError> {
+    pub(crate) fn listed(&self, entry: &KeyValue) -> Result<Listed, EntryError> {
         let lease = lease_of_entry(&self.layout, &entry.key, &entry.value, None, SystemTime::now())?;
         Ok(Listed {
             lease,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::entries::expiration_after;
-use super::registry::{Entry, PutOutcome, WatchEvent, WatchMessage};
+use super::registry::{KeyValue, PutOutcome, WatchEvent, WatchMessage};
 use super::{Backoff, LEASE_TTL_SECS, Shared};
 use crate::lease::Lease;
 use crate::subnet::{LeaseOutcome, SubnetError};
@@ -29,37 +29,44 @@ const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
 /// What the own-key watch reports.
 #[derive(Debug)]
 enum OwnKey {
-    /// The key was written (by our renewal or anyone) at `revision`; `ours`: with our value;
-    /// `expiration` None: it has no etcd lease.
+    /// The key was written (by our renewal or anyone) at `revision`; `expiration` None: it has no
+    /// etcd lease.
     Written {
         expiration: Option<SystemTime>,
         revision: i64,
-        ours: bool,
-        holder: String,
+        holder: Holder,
     },
     /// The key is gone (deleted, or its lease expired).
     Gone,
 }
 
-/// Who holds the key, for the log: the PublicIP in the value, or the raw value's length.
-fn holder_of(value: &[u8]) -> String {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|text| crate::lease::LeaseAttrs::from_json(text).ok())
-        .map(|a| a.public_ip.to_string())
-        .unwrap_or_else(|| format!("an unreadable value of {} bytes", value.len()))
+/// Whose lease a value of our key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holder {
+    /// Exactly what we wrote.
+    Us,
+    /// This node's lease (its PublicIP), with other attributes: someone edited it; the value this
+    /// node publishes is written back.
+    UsEdited,
+    /// Another node's (named by its PublicIP), or an unreadable value.
+    Other(String),
 }
 
-/// Whether a write seen at `revision` with `ours` is still our lease; adopts the revision of a
-/// rewrite of our own value (e.g. by an operator restoring it).
-fn still_ours(shared: &Shared, revision: i64, ours: bool) -> bool {
-    if shared.own_revision() == Some(revision) {
-        return true;
+fn holder_of(found: &[u8], ours: &str) -> Holder {
+    if found == ours.as_bytes() {
+        return Holder::Us;
     }
-    if ours {
-        shared.set_own_revision(revision);
+    let ip_of = |text: &str| {
+        crate::lease::LeaseAttrs::from_json(text)
+            .ok()
+            .map(|a| a.public_ip)
+    };
+    let theirs = std::str::from_utf8(found).ok().and_then(ip_of);
+    match theirs {
+        Some(ip) if Some(ip) == ip_of(ours) => Holder::UsEdited,
+        Some(ip) => Holder::Other(ip.to_string()),
+        None => Holder::Other(format!("an unreadable value of {} bytes", found.len())),
     }
-    ours
 }
 
 /// How long to wait before renewing a lease that expires at `expiration`.
@@ -118,13 +125,22 @@ pub(crate) async fn complete_lease(
                     tracing::warn!(key = %key, "this node's lease was deleted from etcd; shutting down");
                     return Ok(LeaseOutcome::Revoked);
                 }
-                Some(OwnKey::Written { expiration, revision, ours, holder }) => {
-                    if !still_ours(&shared, revision, ours) {
-                        return Ok(taken_over(&key, holder));
+                Some(OwnKey::Written { expiration, revision, holder }) => match holder {
+                    _ if shared.own_revision() == Some(revision) => {
+                        tracing::debug!(key = %key, expiration = ?expiration, "this node's lease was written");
+                        next_renewal = schedule(expiration, margin);
                     }
-                    tracing::debug!(key = %key, expiration = ?expiration, "this node's lease was written");
-                    next_renewal = schedule(expiration, margin);
-                }
+                    Holder::Us => {
+                        shared.set_own_revision(revision);
+                        next_renewal = schedule(expiration, margin);
+                    }
+                    Holder::UsEdited => {
+                        shared.set_own_revision(revision);
+                        tracing::warn!(key = %key, "this node's lease was edited in etcd; writing back what this node publishes");
+                        next_renewal = Some(Instant::now() + MIN_RENEW_WAIT);
+                    }
+                    Holder::Other(holder) => return Ok(taken_over(&key, holder)),
+                },
             },
             _ = sleep_until(next_renewal) => {
                 let Some(revision) = shared.own_revision() else {
@@ -148,14 +164,14 @@ pub(crate) async fn complete_lease(
                             tracing::warn!(key = %key, "this node's lease is gone from etcd; shutting down");
                             return Ok(LeaseOutcome::Revoked);
                         }
-                        Ok((_, Some(entry))) if entry.value != value.as_bytes() => {
-                            return Ok(taken_over(&key, holder_of(&entry.value)));
-                        }
-                        Ok((_, Some(entry))) => {
-                            // Rewritten with our own value: ours again; renew over that write.
-                            shared.set_own_revision(entry.mod_revision);
-                            next_renewal = Some(Instant::now() + MIN_RENEW_WAIT);
-                        }
+                        Ok((_, Some(entry))) => match holder_of(&entry.value, &value) {
+                            Holder::Other(holder) => return Ok(taken_over(&key, holder)),
+                            // Rewritten by someone, still this node's: renew over that write.
+                            Holder::Us | Holder::UsEdited => {
+                                shared.set_own_revision(entry.mod_revision);
+                                next_renewal = Some(Instant::now() + MIN_RENEW_WAIT);
+                            }
+                        },
                         Err(e) => {
                             tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "reading this node's lease after a failed renewal");
                             next_renewal = Some(Instant::now() + RENEW_RETRY);
@@ -194,11 +210,18 @@ async fn watch_own_key(shared: Arc<Shared>, key: String, value: String, events: 
                 Ok((revision, Some(entry))) => {
                     // At start and after a compaction: is the key still ours? (Events may
                     // have been missed.) Ours: keep the renewal schedule; another value: report it.
-                    if entry.value != value.as_bytes() {
-                        let _ = events.send(written(&entry, &value, None)).await;
-                        return;
+                    match holder_of(&entry.value, &value) {
+                        Holder::Us => shared.set_own_revision(entry.mod_revision),
+                        Holder::UsEdited => {
+                            if events.send(written(&entry, &value, None)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Holder::Other(_) => {
+                            let _ = events.send(written(&entry, &value, None)).await;
+                            return;
+                        }
                     }
-                    shared.set_own_revision(entry.mod_revision);
                     revision + 1
                 }
                 Err(e) => {
@@ -268,18 +291,34 @@ async fn watch_own_key(shared: Arc<Shared>, key: String, value: String, events: 
 }
 
 /// An own-key write as the loop sees it.
-fn written(entry: &Entry, value: &str, expiration: Option<SystemTime>) -> OwnKey {
+fn written(entry: &KeyValue, value: &str, expiration: Option<SystemTime>) -> OwnKey {
     OwnKey::Written {
         expiration,
         revision: entry.mod_revision,
-        ours: entry.value == value.as_bytes(),
-        holder: holder_of(&entry.value),
+        holder: holder_of(&entry.value, value),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_is_ours_edited_or_another_nodes() {
+        let ours = r#"{"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#;
+        assert_eq!(holder_of(ours.as_bytes(), ours), Holder::Us);
+        let edited = ours.replace("02:00:00:00:00:01", "02:de:ad:be:ef:01");
+        assert_eq!(holder_of(edited.as_bytes(), ours), Holder::UsEdited);
+        let theirs = ours.replace("192.0.2.1", "192.0.2.77");
+        assert_eq!(
+            holder_of(theirs.as_bytes(), ours),
+            Holder::Other("192.0.2.77".into())
+        );
+        assert_eq!(
+            holder_of(b"\xff garbage", ours),
+            Holder::Other("an unreadable value of 9 bytes".into())
+        );
+    }
 
     #[test]
     fn renewal_waits_until_expiration_minus_margin() {

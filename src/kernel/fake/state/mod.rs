@@ -17,6 +17,8 @@ use crate::kernel::{
 /// Headroom the kernel reserves below the lower device's MTU for a vxlan device.
 const VXLAN_HEADROOM_V4: u32 = 50;
 const VXLAN_HEADROOM_V6: u32 = 70;
+mod setup;
+
 /// Default vxlan UDP port the kernel reports when none was requested.
 const VXLAN_DEFAULT_PORT: u16 = 8472;
 
@@ -456,61 +458,6 @@ impl State {
             self.emit(KernelEvent::FdbDeleted(g));
         }
         Ok(())
-    }
-
-    /// Insert a route as-is, next to existing ones with the same destination (test setup).
-    pub(super) fn insert_route(&mut self, route: Route) {
-        self.routes
-            .entry((route.table, route.dst))
-            .or_default()
-            .push(route.clone());
-        self.emit(KernelEvent::RouteAdded(route));
-    }
-
-    pub(super) fn remove_route(&mut self, route: &Route) -> bool {
-        let key = (route.table, route.dst);
-        let Some(slot) = self.routes.get_mut(&key) else {
-            return false;
-        };
-        let Some(pos) = slot.iter().position(|r| r == route) else {
-            return false;
-        };
-        let gone = slot.remove(pos);
-        if slot.is_empty() {
-            self.routes.remove(&key);
-        }
-        self.emit(KernelEvent::RouteDeleted(gone));
-        true
-    }
-
-    pub(super) fn insert_neigh(&mut self, n: Neigh) {
-        self.neighs.insert((n.index, n.ip), n.clone());
-        self.emit(KernelEvent::NeighChanged(n));
-    }
-
-    pub(super) fn insert_fdb(&mut self, f: Fdb) {
-        self.fdbs.entry((f.index, f.mac)).or_default().push(f.clone());
-        self.emit(KernelEvent::FdbChanged(f));
-    }
-
-    pub(super) fn all_routes(&self) -> Vec<Route> {
-        self.routes.values().flatten().cloned().collect()
-    }
-
-    pub(super) fn neighs_of(&self, index: u32) -> Vec<Neigh> {
-        self.neighs
-            .range((index, IpAddr::from([0u8; 4]))..)
-            .take_while(|((i, _), _)| *i == index)
-            .map(|(_, n)| n.clone())
-            .collect()
-    }
-
-    pub(super) fn fdbs_of(&self, index: u32) -> Vec<Fdb> {
-        self.fdbs
-            .iter()
-            .filter(|((i, _), _)| *i == index)
-            .flat_map(|(_, v)| v.iter().cloned())
-            .collect()
     }
 }
 

@@ -10,12 +10,15 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
+    Txn, TxnOp, WatchOptions,
 };
 
 use super::transport::{Transport, TransportError, common_transport, read_pem};
+
+mod watch;
 use crate::config::EtcdConfig;
+pub use watch::{Watch, WatchEvent, WatchMessage};
 
 /// Upper bound for one unary request (upstream has none; a hung request would stall the daemon).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,9 +59,9 @@ pub enum RegistryError {
     },
 }
 
-/// One key as stored in etcd.
+/// One key as stored in etcd (not to be confused with `backend::Entry`, a kernel or peer entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct KeyValue {
     /// The key text (invalid UTF-8 replaced, so it can still be named in warnings).
     pub key: String,
     pub value: Vec<u8>,
@@ -71,7 +74,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
     pub revision: i64,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<KeyValue>,
 }
 
 /// What a create-if-absent did.
@@ -93,28 +96,8 @@ pub enum PutOutcome {
     Conflict,
 }
 
-/// One change seen by a watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    Put(Entry),
-    Delete { key: String, mod_revision: i64 },
-}
-
-/// One message of a watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchMessage {
-    /// Changes (possibly none for a progress notification); resume from `next_revision` after a
-    /// reconnect to see every later change exactly once.
-    Changes {
-        events: Vec<WatchEvent>,
-        next_revision: i64,
-    },
-    /// The requested revision was compacted away: re-list and resume after the listing.
-    Compacted { compact_revision: i64 },
-}
-
 /// The full text of an error and its sources, e.g. `transport error: tcp connect error: ...`.
-fn describe(err: &etcd_client::Error) -> String {
+pub(super) fn describe(err: &etcd_client::Error) -> String {
     let mut text = match err {
         etcd_client::Error::GRpcStatus(status) => {
             format!("{:?}: {}", status.code(), status.message())
@@ -134,11 +117,6 @@ fn describe(err: &etcd_client::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Whether etcd refused a revision because it was compacted.
-fn is_compacted(err: &etcd_client::Error) -> bool {
-    describe(err).contains("compacted")
 }
 
 /// The etcd client with its connection settings; connects lazily when auth is configured.
@@ -295,11 +273,11 @@ impl Registry {
     }
 
     /// The entry at `key` (if any) and the store revision of the read.
-    pub async fn get(&self, key: &str) -> Result<(i64, Option<Entry>), RegistryError> {
+    pub async fn get(&self, key: &str) -> Result<(i64, Option<KeyValue>), RegistryError> {
         let mut kv = self.client().await?.kv_client();
         let resp = self.call("reading", key, kv.get(key, None)).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((revision, resp.kvs().first().map(entry_of)))
+        Ok((revision, resp.kvs().first().map(key_value_of)))
     }
 
     /// Every entry under `prefix`, from one consistent read.
@@ -319,7 +297,7 @@ impl Registry {
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok(Listing {
             revision,
-            entries: resp.kvs().iter().map(entry_of).collect(),
+            entries: resp.kvs().iter().map(key_value_of).collect(),
         })
     }
 
@@ -475,84 +453,11 @@ impl Registry {
     }
 }
 
-fn entry_of(kv: &etcd_client::KeyValue) -> Entry {
-    Entry {
+pub(super) fn key_value_of(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         value: kv.value().to_vec(),
         lease_id: kv.lease(),
         mod_revision: kv.mod_revision(),
-    }
-}
-
-/// An open watch. Dropping it cancels the watch on the server.
-pub struct Watch {
-    stream: WatchStream,
-    key: String,
-    endpoints: String,
-    secrets: crate::redact::Secrets,
-    next_revision: i64,
-}
-
-impl Watch {
-    /// The next message. An error means the stream is gone: reconnect from the last
-    /// `next_revision` (a compaction is reported as `Compacted`, not as an error).
-    pub async fn next(&mut self) -> Result<WatchMessage, RegistryError> {
-        loop {
-            let message = match self.stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => return Err(self.closed("closed by the server".into())),
-                Err(e) if is_compacted(&e) => {
-                    return Ok(WatchMessage::Compacted { compact_revision: 0 });
-                }
-                Err(e) => return Err(self.closed(self.secrets.scrub(&describe(&e)))),
-            };
-            if message.compact_revision() != 0 {
-                return Ok(WatchMessage::Compacted {
-                    compact_revision: message.compact_revision(),
-                });
-            }
-            if message.canceled() {
-                let reason = message.cancel_reason();
-                if reason.contains("compacted") {
-                    return Ok(WatchMessage::Compacted { compact_revision: 0 });
-                }
-                return Err(self.closed(format!("cancelled by the server: {reason}")));
-            }
-            if message.created() && message.events().is_empty() {
-                // The creation notice carries the store's current revision, not how far our
-                // watch has caught up: it must not move the resume point.
-                continue;
-            }
-            let mut events = Vec::with_capacity(message.events().len());
-            for event in message.events() {
-                let Some(kv) = event.kv() else { continue };
-                self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
-                events.push(match event.event_type() {
-                    EventType::Put => WatchEvent::Put(entry_of(kv)),
-                    EventType::Delete => WatchEvent::Delete {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        mod_revision: kv.mod_revision(),
-                    },
-                });
-            }
-            if events.is_empty() {
-                // A progress notification: everything up to the header revision was seen.
-                if let Some(header) = message.header() {
-                    self.next_revision = self.next_revision.max(header.revision() + 1);
-                }
-            }
-            return Ok(WatchMessage::Changes {
-                events,
-                next_revision: self.next_revision,
-            });
-        }
-    }
-
-    fn closed(&self, reason: String) -> RegistryError {
-        RegistryError::WatchClosed {
-            key: self.key.clone(),
-            endpoints: self.endpoints.clone(),
-            reason,
-        }
     }
 }
