@@ -15,6 +15,7 @@
 //! Usage: bench <path to flanneld> [N...]   (`bench <flanneld> datapath` runs only section 3;
 //! `BENCH_ONLY=wireguard` only section 4)
 
+mod common;
 #[path = "bench/datapath.rs"]
 mod datapath;
 #[path = "../tests/support/mod.rs"]
@@ -27,137 +28,9 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use flanneld::kernel::Netlink;
-use flanneld::kernel::rtnl::RtNetlink;
+use common::{EtcdWriter, NETWORK, SUBNET_LEN, rss_kib, synthetic_lease, vxlan_entries};
 use support::netns::Netns;
-use support::testbed::{ETCD_IP, ETCD_PREFIX, Testbed, TestbedOptions};
-
-const NETWORK: &str = "198.18.0.0/15";
-const SUBNET_LEN: u8 = 28;
-
-/// The i-th remote lease: subnet key and value.
-fn lease(i: u32) -> (String, String) {
-    // /28 subnets from 198.18.0.16 on (198.18.0.0/28 is never handed out); public IPs spread over
-    // two documentation ranges; a distinct locally administered MAC each.
-    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + (i + 1) * 16;
-    let subnet = std::net::Ipv4Addr::from(base);
-    let public = if i % 2 == 0 {
-        format!("198.51.100.{}", 1 + (i / 2) % 254)
-    } else {
-        format!("203.0.113.{}", 1 + (i / 2) % 254)
-    };
-    let mac = format!(
-        "0a:00:{:02x}:{:02x}:{:02x}:01",
-        (i >> 16) & 0xff,
-        (i >> 8) & 0xff,
-        i & 0xff
-    );
-    let key = format!("{ETCD_PREFIX}/subnets/{subnet}-{SUBNET_LEN}");
-    let value = format!(
-        r#"{{"PublicIP":"{public}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
-    );
-    (key, value)
-}
-
-/// A batch of key/value pairs to write, and where to report the instant the write started.
-type WriteRequest = (Vec<(String, String)>, mpsc::Sender<Instant>);
-
-/// Runs etcd puts from a thread inside the etcd namespace (the bench process itself stays in the
-/// root namespace and never talks to the underlay directly).
-struct EtcdWriter {
-    tx: mpsc::Sender<WriteRequest>,
-}
-
-impl EtcdWriter {
-    fn new(ns: &Netns) -> EtcdWriter {
-        let (tx, rx) = mpsc::channel::<WriteRequest>();
-        let path = format!("/run/netns/{}", ns.name);
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).expect("opening etcd netns");
-            // SAFETY: setns only changes this thread's network namespace.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut client = etcd_client::Client::connect([format!("http://{ETCD_IP}:2379")], None)
-                    .await
-                    .expect("connecting to etcd");
-                while let Ok((kvs, done)) = rx.recv() {
-                    let started = Instant::now();
-                    for chunk in kvs.chunks(100) {
-                        let ops: Vec<etcd_client::TxnOp> = chunk
-                            .iter()
-                            .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
-                            .collect();
-                        client
-                            .txn(etcd_client::Txn::new().and_then(ops))
-                            .await
-                            .expect("etcd txn");
-                    }
-                    let _ = done.send(started);
-                }
-            });
-        });
-        EtcdWriter { tx }
-    }
-
-    /// Writes the pairs; returns when etcd acknowledged, with the instant the write started.
-    fn put(&self, kvs: Vec<(String, String)>) -> Instant {
-        let (done_tx, done_rx) = mpsc::channel();
-        self.tx.send((kvs, done_tx)).expect("etcd writer alive");
-        done_rx.recv().expect("etcd writer answered")
-    }
-}
-
-/// (routes via flannel.1, permanent neighbours, FDB entries) in a namespace, read over netlink.
-fn counts(ns: &Netns) -> (usize, usize, usize) {
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let k = RtNetlink::new().expect("netlink");
-            let Ok(Some(dev)) = k.link_by_name("flannel.1").await else {
-                return (0, 0, 0);
-            };
-            let routes = k
-                .routes()
-                .await
-                .unwrap_or_default()
-                .iter()
-                .filter(|r| r.oif == Some(dev.index))
-                .count();
-            let neighs = k
-                .neighs(dev.index)
-                .await
-                .unwrap_or_default()
-                .iter()
-                .filter(|n| n.state & flanneld::kernel::NUD_PERMANENT != 0)
-                .count();
-            let fdbs = k
-                .fdbs(dev.index)
-                .await
-                .unwrap_or_default()
-                .iter()
-                .filter(|f| f.dst.is_some())
-                .count();
-            (routes, neighs, fdbs)
-        })
-    })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
+use support::testbed::{Testbed, TestbedOptions};
 
 /// Installs the same N triples with `ip -batch` and `bridge -batch` on an equivalent device in a
 /// fresh namespace; returns the elapsed time.
@@ -171,12 +44,8 @@ fn ip_batch(n: u32) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let (mut ipb, mut brb) = (String::new(), String::new());
     for i in 0..n {
-        let (key, value) = lease(i);
-        let sn = key.rsplit('/').next().unwrap().replace('-', "/");
-        let net = sn.split('/').next().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&value).unwrap();
-        let mac = v["BackendData"]["VtepMAC"].as_str().unwrap();
-        let public = v["PublicIP"].as_str().unwrap();
+        let l = synthetic_lease(i);
+        let (sn, net, mac, public) = (&l.subnet, &l.network, &l.mac, &l.public_ip);
         ipb.push_str(&format!(
             "neigh replace {net} dev flannel.1 lladdr {mac} nud permanent\n"
         ));
@@ -196,7 +65,7 @@ fn ip_batch(n: u32) -> Duration {
         brf.display()
     ));
     let elapsed = started.elapsed();
-    let (r, ne, f) = counts(&ns);
+    let (r, ne, f) = vxlan_entries(&ns).counts();
     assert!(
         r >= n as usize && ne >= n as usize && f >= n as usize,
         "ip -batch installed {r}/{ne}/{f}"
@@ -221,12 +90,19 @@ fn one_node(flanneld: &str, tag: &str) -> (Testbed, EtcdWriter) {
 
 fn bulk(flanneld: &str, n: u32) -> (Duration, Duration, u64) {
     let (mut tb, writer) = one_node(flanneld, "bench");
-    writer.put((0..n).map(lease).collect());
+    writer.put(
+        (0..n)
+            .map(|i| {
+                let l = synthetic_lease(i);
+                (l.key, l.value)
+            })
+            .collect(),
+    );
     let started = Instant::now();
     tb.start_daemon(0);
     let deadline = started + Duration::from_secs(120);
     let converged = loop {
-        let (r, ne, f) = counts(&tb.nodes[0].ns);
+        let (r, ne, f) = vxlan_entries(&tb.nodes[0].ns).counts();
         if r >= n as usize && ne >= n as usize && f >= n as usize {
             break started.elapsed();
         }
@@ -269,9 +145,10 @@ fn latency(flanneld: &str, samples: u32) -> Vec<Duration> {
     std::thread::sleep(Duration::from_millis(300));
     let mut out = Vec::new();
     for i in 0..samples {
-        let (key, value) = lease(10_000 + i);
-        let sn = key.rsplit('/').next().unwrap().replace('-', "/");
-        let started = writer.put(vec![(key, value)]);
+        // Ids past the bulk sizes, still inside the network (8190 /28s).
+        let l = synthetic_lease(6_000 + i);
+        let sn = l.subnet.clone();
+        let started = writer.put(vec![(l.key, l.value)]);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
