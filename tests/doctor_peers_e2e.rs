@@ -15,7 +15,9 @@
 //!   stopped daemon answers neither /peers nor anything else.)
 //! - wireguard: an endpoint changed with `wg set` on node1 (the daemon leaves endpoints WireGuard
 //!   may have moved, so it stays), and a peer's key that node1's device still has after that peer
-//!   was re-keyed while node1's daemon was cut off from etcd. (`wg set ... remove` with the daemon
+//!   was re-keyed while node1's daemon was cut off from etcd. In between, not a fault: node2's
+//!   packets leave from another address (as behind NAT), node1's WireGuard roams to it, and doctor
+//!   only notes the endpoint (the peer answers over the overlay), exit 0. (`wg set ... remove` with the daemon
 //!   paused, as first suggested, cannot be done: the paused daemon is the userspace device, so
 //!   `wg` hangs; with the daemon running the peer is back at once.)
 
@@ -239,6 +241,21 @@ fn wg(tb: &Testbed, i: usize, args: &[&str]) -> String {
     support::wggo::wg_in(pid(tb, i), args).unwrap_or_else(|e| panic!("wg {args:?}: {e}"))
 }
 
+/// Pings node1's overlay address from node2 until node1's device has `endpoint` for node2's key.
+fn roam(tb: &Testbed, key2: &str, overlay1: &str, endpoint: &str) {
+    let roamed = time_until(CONVERGE, || {
+        let _ = tb.nodes[1].ns.try_sh(&format!("ping -c 1 -W 1 {overlay1}"));
+        wg(tb, 0, &["show", "flannel-wg", "endpoints"])
+            .lines()
+            .any(|l| l.starts_with(key2) && l.trim_end().ends_with(endpoint))
+    });
+    assert!(
+        roamed.is_some(),
+        "node1 does not see node2 at {endpoint}:\n{}",
+        wg(tb, 0, &["show", "flannel-wg"])
+    );
+}
+
 /// The PublicKey of a wireguard lease value.
 fn lease_key(value: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(value).unwrap();
@@ -322,7 +339,30 @@ fn doctor_checks_the_wireguard_peers_of_every_peer() {
     );
     doctor_until(&tb, 0, Some(pid(&tb, 0)), 0);
 
-    // 2. node3 gets a new key while node1's daemon is cut off from etcd: node1's device keeps
+    // 2. Not a fault: node2's packets to node1 leave from another address (as behind NAT); node1's
+    //    WireGuard follows them (roaming), the daemon keeps that endpoint, doctor only notes it.
+    let overlay1 = lease_of(&tb, 0).network.to_string();
+    tb.nodes[1]
+        .ns
+        .sh("ip addr add 192.0.2.12/24 dev eth0 && ip route add 192.0.2.1/32 dev eth0 src 192.0.2.12");
+    roam(&tb, &key2, &overlay1, "192.0.2.12:51820");
+    let (code, text) = doctor(&tb, 0, Some(pid(&tb, 0)), &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("note")
+            && l.contains(&format!(
+                "WireGuard peer {key2} on flannel-wg has endpoint 192.0.2.12:51820, but the lease says 192.0.2.2:51820; \
+                 the peer answers over the overlay, so WireGuard follows it there"
+            ))),
+        "{text}"
+    );
+    println!("node2 roamed to 192.0.2.12 as seen from node1, doctor on node1:\n{text}");
+    tb.nodes[1]
+        .ns
+        .sh("ip route del 192.0.2.1/32 dev eth0 src 192.0.2.12 && ip addr del 192.0.2.12/24 dev eth0");
+    roam(&tb, &key2, &overlay1, "192.0.2.2:51820");
+
+    // 3. node3 gets a new key while node1's daemon is cut off from etcd: node1's device keeps
     //    the old key for node3's subnet.
     let l3 = lease_of(&tb, 2);
     let old3 = lease_key(&l3.value);

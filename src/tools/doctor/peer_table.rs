@@ -266,7 +266,7 @@ pub fn settle_endpoints(findings: &mut [Finding], answered: &[String]) {
         if answered.contains(&f.subject) {
             f.severity = Severity::Note;
             f.message.push_str(
-                ", but the peer answers over the overlay: WireGuard follows a peer whose packets come from another address (roaming, e.g. behind NAT), and the daemon leaves such an endpoint",
+                "; the peer answers over the overlay, so WireGuard follows it there (roaming, e.g. behind NAT), and the daemon leaves such an endpoint",
             );
         }
     }

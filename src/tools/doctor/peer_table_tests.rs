@@ -244,9 +244,15 @@ fn an_endpoint_of_a_peer_that_answers_is_roaming_a_note() {
     assert_eq!(found.len(), 2);
     settle_endpoints(&mut found, &[label(2)]);
     assert_eq!(found[0].severity, Severity::Note);
-    assert!(
-        found[0].message.ends_with("the daemon leaves such an endpoint"),
-        "{found:?}"
+    assert_eq!(
+        found[0].message,
+        format!(
+            "peer {}: WireGuard peer {} on flannel-wg has endpoint 203.0.113.7:40000, but the lease says \
+             192.0.2.2:51820; the peer answers over the overlay, so WireGuard follows it there (roaming, e.g. \
+             behind NAT), and the daemon leaves such an endpoint",
+            label(2),
+            key(2)
+        )
     );
     assert_eq!(found[1].severity, Severity::Problem, "peer 3 did not answer");
 }
