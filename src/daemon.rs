@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if config.healthz_port > 0 {
         let addr = http::listen_addr(&config.healthz_ip, config.healthz_port)?;
         let listener = http::bind(addr).await?;
-        info!(%addr, "serving /healthz, /readyz and /metrics");
+        info!(%addr, "serving /healthz, /readyz, /metrics and /peers");
         let serve = http::serve(
             listener,
             status.clone() as Arc<dyn StatusSource>,
@@ -180,6 +180,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     info!("running the backend: programming peers from the lease watch");
+    // The peer table exists once the backend is prepared; /peers lists it (flanneld doctor).
+    if let Some(table) = backend.peer_table() {
+        status.set_peer_table(table);
+    }
     let reconciler = Reconciler::new(netlink.clone(), backend, lease.clone());
     status.set_reconcile(reconciler.status());
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();

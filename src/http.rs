@@ -1,4 +1,6 @@
-//! The health endpoint server: `/healthz`, `/readyz` and `/metrics` on `--healthz-ip:--healthz-port`.
+//! The health endpoint server: `/healthz`, `/readyz` and `/metrics` on `--healthz-ip:--healthz-port`,
+//! plus `/peers` (ours, not upstream's): the backend's installed peer entries as JSON
+//! (`backend::peers_json`, never a secret), for `flanneld doctor` and other tools.
 //!
 //! A deliberately tiny HTTP/1.1 responder on tokio (one request per connection, `Connection: close`):
 //! the daemon needs three fixed GET answers, not a web framework. Bodies and status codes follow
@@ -13,11 +15,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{PeerTable, peers_json};
+
 /// What the endpoints report; implemented by the daemon.
 pub trait StatusSource: Send + Sync {
     fn ready(&self) -> bool;
     /// Prometheus text exposition format.
     fn metrics(&self) -> String;
+    /// The backend's peer table (udp, wireguard, extension), for `/peers`; `None` before the
+    /// backend is prepared and for backends whose peers are kernel entries only.
+    fn peer_table(&self) -> Option<Arc<dyn PeerTable>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,26 @@ pub fn respond(path: &str, status: &dyn StatusSource) -> (&'static str, &'static
     }
 }
 
+/// The response for `/peers`: the peer table's installed entries as JSON.
+pub async fn respond_peers(status: &dyn StatusSource) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let Some(table) = status.peer_table() else {
+        return (
+            "404 Not Found",
+            TEXT,
+            "flanneld keeps no peer table: its backend's peers are kernel routes, neighbours and FDB entries, or it is not running yet\n".into(),
+        );
+    };
+    match table.installed().await {
+        Ok(entries) => ("200 OK", "application/json", peers_json::render(&entries)),
+        Err(e) => (
+            "503 Service Unavailable",
+            TEXT,
+            format!("reading the peer table: {e}\n"),
+        ),
+    }
+}
+
 /// The path of an HTTP request head (`GET /readyz?x=1 HTTP/1.1` -> `/readyz`).
 pub fn request_path(head: &str) -> Option<&str> {
     let line = head.lines().next()?;
@@ -113,6 +142,7 @@ async fn answer(mut stream: TcpStream, status: Arc<dyn StatusSource>) {
     }
     let head = String::from_utf8_lossy(&buf);
     let (code, ctype, body) = match request_path(&head) {
+        Some("/peers") => respond_peers(status.as_ref()).await,
         Some(path) => respond(path, status.as_ref()),
         None => (
             "400 Bad Request",
@@ -151,6 +181,56 @@ mod tests {
         assert_eq!(respond("/readyz", &Fixed(true)).2, "flanneld is ready");
         assert_eq!(respond("/nope", &Fixed(true)).0, "404 Not Found");
         assert_eq!(respond("/metrics", &Fixed(true)).2, "flannel_ready 1\n");
+    }
+
+    /// A peer table that reports fixed entries.
+    struct Installed(Vec<crate::backend::PeerEntry>);
+    #[async_trait::async_trait]
+    impl PeerTable for Installed {
+        async fn installed(&self) -> Result<Vec<crate::backend::PeerEntry>, crate::backend::PeerError> {
+            Ok(self.0.clone())
+        }
+        async fn apply(&self, ops: &[crate::backend::PeerOp]) -> Vec<Result<(), crate::backend::PeerError>> {
+            ops.iter().map(|_| Ok(())).collect()
+        }
+    }
+
+    struct WithTable(Arc<dyn PeerTable>);
+    impl StatusSource for WithTable {
+        fn ready(&self) -> bool {
+            true
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn peer_table(&self) -> Option<Arc<dyn PeerTable>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_are_served_as_json_without_the_preshared_key() {
+        use crate::backend::peers::{PresharedKey, WgKey, WgPeer, base64_std_encode};
+        let (code, _, body) = respond_peers(&Fixed(true)).await;
+        assert_eq!(code, "404 Not Found");
+        assert!(body.contains("no peer table"), "{body}");
+        let psk = [0x5cu8; 32];
+        let table = Installed(vec![crate::backend::PeerEntry::Wireguard(WgPeer {
+            device: 4,
+            public_key: WgKey([9; 32]),
+            preshared_key: Some(PresharedKey(WgKey(psk))),
+            endpoint: None,
+            allowed_ips: vec!["198.18.2.0/24".parse().unwrap()],
+            persistent_keepalive: 0,
+        })]);
+        let (code, ctype, body) = respond_peers(&WithTable(Arc::new(table))).await;
+        assert_eq!((code, ctype), ("200 OK", "application/json"));
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["peers"][0]["public_key"], base64_std_encode(&[9; 32]));
+        assert_eq!(value["peers"][0]["has_preshared_key"], true);
+        assert!(!body.contains(&base64_std_encode(&psk)), "{body}");
+        let hex: String = psk.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!body.contains(&hex), "{body}");
     }
 
     #[test]

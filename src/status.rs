@@ -1,4 +1,5 @@
-//! What the daemon reports on /readyz and /metrics: startup progress plus the reconciler's status.
+//! What the daemon reports on /readyz and /metrics: startup progress plus the reconciler's status;
+//! and the backend's peer table, which /peers lists.
 //!
 //! Ready means: subnet.env is written (as upstream) **and** a reconcile pass over the first
 //! complete view of the cluster's leases left every desired entry installed **and** passes have
@@ -12,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::backend::DataPathMetrics;
 use crate::backend::reconcile::ReconcileStatus;
+use crate::backend::{DataPathMetrics, PeerTable};
 use crate::http::StatusSource;
 
 /// Passes failing for this long make the node not ready.
@@ -24,6 +25,7 @@ pub struct DaemonStatus {
     subnet_file_written: AtomicBool,
     reconcile: Mutex<Option<watch::Receiver<ReconcileStatus>>>,
     data_path: Mutex<Option<Arc<dyn DataPathMetrics>>>,
+    peer_table: Mutex<Option<Arc<dyn PeerTable>>>,
 }
 
 impl DaemonStatus {
@@ -41,6 +43,13 @@ impl DaemonStatus {
     pub fn set_data_path_metrics(&self, metrics: Arc<dyn DataPathMetrics>) {
         if let Ok(mut slot) = self.data_path.lock() {
             *slot = Some(metrics);
+        }
+    }
+
+    /// The backend's peer table, listed on /peers from now on.
+    pub fn set_peer_table(&self, table: Arc<dyn PeerTable>) {
+        if let Ok(mut slot) = self.peer_table.lock() {
+            *slot = Some(table);
         }
     }
 
@@ -123,6 +132,10 @@ impl StatusSource for DaemonStatus {
             data_path.render(&mut out);
         }
         out
+    }
+
+    fn peer_table(&self) -> Option<Arc<dyn PeerTable>> {
+        self.peer_table.lock().ok().and_then(|slot| slot.clone())
     }
 }
 

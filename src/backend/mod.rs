@@ -22,6 +22,7 @@ pub mod extension;
 pub mod hostgw;
 pub mod ipip;
 pub mod peers;
+pub mod peers_json;
 pub mod reconcile;
 #[cfg(test)]
 pub(crate) mod testutil;

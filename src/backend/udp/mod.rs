@@ -118,6 +118,37 @@ impl UdpBackend {
         self.table.clone()
     }
 
+    /// What this node's lease publishes: only the public IP, no BackendType and no data, as
+    /// upstream (spec 3.2).
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ..LeaseAttrs::default()
+        }
+    }
+
+    /// The MTU of flannel0 (and subnet.env's FLANNEL_MTU).
+    pub fn device_mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The UDP port peers are sent to (and this node listens on).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// For `flanneld doctor`, the read-only counterpart of `prepare`: adopt the index of an
+    /// existing `flannel0` TUN device from `links` (binding nothing, attaching nothing), so
+    /// `own_entries` and `ownership` say what the daemon keeps. Returns that link.
+    pub fn observe(&mut self, links: &[crate::kernel::Link]) -> Option<crate::kernel::Link> {
+        let link = links
+            .iter()
+            .find(|l| l.name == device::DEVICE && l.kind.as_deref() == Some("tun"))
+            .cloned();
+        self.index = link.as_ref().map_or(0, |l| l.index);
+        link
+    }
+
     fn bind_address(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ext.iface_addr.unwrap_or(Ipv4Addr::UNSPECIFIED), self.port)
     }
@@ -197,11 +228,7 @@ impl Backend for UdpBackend {
     async fn prepare(&mut self, k: &dyn Netlink) -> Result<LeaseAttrs, BackendError> {
         self.bind_sockets()?;
         self.attach(k).await?;
-        // Upstream publishes only the public IP: no BackendType, no data (spec 3.2).
-        Ok(LeaseAttrs {
-            public_ip: self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            ..LeaseAttrs::default()
-        })
+        Ok(self.lease_attrs())
     }
 
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError> {

@@ -13,7 +13,6 @@
 //! are removed (no stale peers), an operator's peers (allowed IPs outside the cluster networks)
 //! are never touched; quirk 16 as described in `layout`.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -36,6 +35,7 @@ pub mod kernel;
 pub mod key;
 pub mod layout;
 pub mod metrics;
+pub mod observe;
 pub mod table;
 pub mod userspace;
 
@@ -369,19 +369,7 @@ impl Backend for WireguardBackend {
             self.networks(),
             self.metrics.clone(),
         )));
-        let mut attrs = LeaseAttrs {
-            backend_type: "wireguard".into(),
-            public_ip: self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            public_ipv6: self.ext.ext_v6_addr,
-            ..LeaseAttrs::default()
-        };
-        if let Some(l) = self.layouts.iter().find(|l| l.v4) {
-            attrs.backend_data = Some(layout::backend_data(&public, l.listen_port));
-        }
-        if let Some(l) = self.layouts.iter().find(|l| l.v6) {
-            attrs.backend_v6_data = Some(layout::backend_data(&public, l.listen_port));
-        }
-        Ok(attrs)
+        Ok(self.lease_attrs_for(&public))
     }
 
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError> {

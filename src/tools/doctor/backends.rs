@@ -7,18 +7,19 @@
 //! expected entries are never re-derived here. What an implementation adds: the checks of the own
 //! devices against the own lease, and the addresses to probe per peer.
 //!
-//! Plugging in a backend with a peer table of its own (udp forwarding table, WireGuard peers):
-//! implement `DoctorBackend` for it, return the daemon's backend from `backend()` (its
-//! `entries_for` then yields `Entry::Peer` entries) and read `PeerTable::installed()` in
-//! `installed_peers`; `peers::entry_findings` compares peer entries like kernel entries once
-//! `reconcile::plan_desired` is exported (today `reconcile::plan` returns kernel ops only). Until
-//! then such backends are `NotCheckedYet`: doctor says so instead of guessing.
+//! Backends with a peer table of their own (udp forwarding table, WireGuard peers; `udp`,
+//! `wireguard`) also return their installed peer entries (`installed_peers`), read where they
+//! live: the udp table from the daemon's `/peers` (it exists only in the daemon's memory), the
+//! WireGuard peers from the device itself. `peers::entry_findings` then compares them with the
+//! backend's `entries_for` like kernel entries. Backends not covered (ipip, extension, alloc) are
+//! `NotCheckedYet`: doctor says so instead of guessing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
 use super::report::{Check, Finding, THIS_NODE};
+use crate::backend::PeerEntry;
 use crate::backend::hostgw::HostGwBackend;
 use crate::backend::vxlan::device::stale_addresses;
 use crate::backend::vxlan::observe::ObservedDevice;
@@ -73,6 +74,18 @@ pub trait DoctorBackend: Send + Sync {
 
     /// What to probe for one peer lease (empty: not probed).
     fn probes(&self, peer: &Lease) -> Vec<ProbePair>;
+
+    /// The installed entries of the backend's own peer table (`health`: where the daemon
+    /// serves /peers); `None` when the backend has none (its peers are kernel entries); an
+    /// error is the finding that says why they are not checked.
+    async fn installed_peers(&self, _health: Option<SocketAddr>) -> Option<Result<Vec<PeerEntry>, Finding>> {
+        None
+    }
+
+    /// What breaks this backend's overlay while the underlay works, for reachability sentences.
+    fn tunnel_hint(&self) -> String {
+        "the tunnel between the two nodes is broken".to_string()
+    }
 }
 
 /// The one `match` from the network config's backend to what doctor checks of it.
@@ -88,19 +101,57 @@ pub fn for_config(netconf: &NetConf, ext: &ExternalInterface) -> Result<Box<dyn 
                     netconf.ipv6_network.map(IpNet::V6),
                 ),
                 devices: Vec::new(),
+                port: if cfg.port == 0 { 8472 } else { cfg.port },
             }))
         }
         BackendConfig::HostGw => Ok(Box::new(HostGwDoctor {
             backend: HostGwBackend::new(netconf, ext).map_err(|e| e.to_string())?,
             attrs: None,
         })),
+        BackendConfig::Udp(cfg) => Ok(Box::new(super::udp::UdpDoctor::new(cfg, ext, netconf)?)),
+        BackendConfig::Wireguard(cfg) => Ok(Box::new(super::wireguard::WireguardDoctor::new(
+            cfg, ext, netconf,
+        )?)),
         _ => Ok(Box::new(NotCheckedYet {
             kind: netconf.backend_type.clone(),
         })),
     }
 }
 
-fn is_up_link(kernel: &KernelView, name: &str) -> Option<Link> {
+/// What is wrong with the addresses of device `name` (index `index`): its own address `wanted`
+/// (the own subnet's network address) missing, or others the daemon removes (`stale_addresses`,
+/// the daemon's own rule).
+pub(super) fn address_problems(
+    name: &str,
+    index: u32,
+    family: Family,
+    wanted: (IpAddr, u8),
+    network: Option<IpNet>,
+    kernel: &KernelView,
+) -> Vec<String> {
+    let on_device: Vec<Addr> = kernel
+        .addrs
+        .iter()
+        .filter(|a| a.index == index)
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    if !on_device.iter().any(|a| (a.ip, a.prefix_len) == wanted) {
+        out.push(format!(
+            "{name} lacks its address {}/{} (the own subnet's network address)",
+            wanted.0, wanted.1
+        ));
+    }
+    for stale in stale_addresses(family, &on_device, wanted, network) {
+        out.push(format!(
+            "{name} also carries {}/{}, which the daemon removes",
+            stale.ip, stale.prefix_len
+        ));
+    }
+    out
+}
+
+pub(super) fn is_up_link(kernel: &KernelView, name: &str) -> Option<Link> {
     kernel.links.iter().find(|l| l.name == name).cloned()
 }
 
@@ -111,6 +162,8 @@ struct VxlanDoctor {
     /// The config's Network and IPv6Network (addresses inside them on a device are ours).
     networks: (Option<IpNet>, Option<IpNet>),
     devices: Vec<ObservedDevice>,
+    /// The VXLAN UDP port (for sentences).
+    port: u16,
 }
 
 impl VxlanDoctor {
@@ -175,24 +228,12 @@ impl VxlanDoctor {
             }
         }
         if let Some(wanted) = dev.wanted_address(own) {
-            let on_device: Vec<Addr> = kernel
-                .addrs
-                .iter()
-                .filter(|a| a.index == link.index)
-                .cloned()
-                .collect();
-            if !on_device.iter().any(|a| (a.ip, a.prefix_len) == wanted) {
-                out.push(problem(format!(
-                    "{name} lacks its address {}/{} (the own subnet's network address)",
-                    wanted.0, wanted.1
-                )));
-            }
-            for stale in stale_addresses(dev.family, &on_device, wanted, self.network_of(dev.family)) {
-                out.push(problem(format!(
-                    "{name} also carries {}/{}, which the daemon removes",
-                    stale.ip, stale.prefix_len
-                )));
-            }
+            let network = self.network_of(dev.family);
+            out.extend(
+                address_problems(name, link.index, dev.family, wanted, network, kernel)
+                    .into_iter()
+                    .map(problem),
+            );
         }
         if out.is_empty() {
             out.push(Finding::ok(
@@ -275,6 +316,14 @@ impl DoctorBackend for VxlanDoctor {
         }
         out
     }
+
+    fn tunnel_hint(&self) -> String {
+        format!(
+            "a wrong VTEP MAC (in an FDB or neighbour entry, or in a lease) on either side, or UDP port {} \
+             (VXLAN) filtered on either side",
+            self.port
+        )
+    }
 }
 
 /// host-gw: no device; one route per peer via its public IP on the external interface.
@@ -335,7 +384,7 @@ impl DoctorBackend for HostGwDoctor {
     }
 }
 
-/// Backends doctor does not check yet (udp, wireguard, ipip, extension, alloc): it says so.
+/// Backends doctor does not check yet (ipip, extension, alloc): it says so.
 struct NotCheckedYet {
     kind: String,
 }

@@ -6,12 +6,14 @@
 //! - this node's lease against its devices (MAC, addresses, MTU) and its etcd value or annotations
 //!   (`own`, `backends`);
 //! - every peer's route, neighbour and FDB entry against its lease, and entries no lease explains,
-//!   decided by the reconciler's own planner over the backend's own `entries_for` (`peers`);
+//!   decided by the reconciler's own planner over the backend's own `entries_for` (`peers`); for
+//!   backends with a peer table of their own also its entries (`peer_table`): the udp table from
+//!   the daemon's /peers (`udp`), WireGuard peers from the device itself (`wireguard`, `wg_device`);
 //! - reachability: each peer's overlay address and public IP, probed (`probe`, `reach`);
 //! - leases that overlap, expire soon, or name another backend type (`leases`).
 //!
 //! Read-only: it never changes the kernel, a file or the datastore (GET/LIST only, netlink dumps
-//! only, ICMP echo requests). Per-backend checks live behind `backends::DoctorBackend`, so backends
+//! and WireGuard `get` requests only, ICMP echo requests). Per-backend checks live behind `backends::DoctorBackend`, so backends
 //! with peer tables of their own plug in there. Spec: flanneld-behaviour.md 3, 4, 5, 6, 9, 11.2.
 
 use std::collections::HashMap;
@@ -31,10 +33,14 @@ pub mod datastore;
 pub mod health;
 pub mod leases;
 pub mod own;
+pub mod peer_table;
 pub mod peers;
 pub mod probe;
 pub mod reach;
 pub mod report;
+pub mod udp;
+pub mod wg_device;
+pub mod wireguard;
 
 use backends::{DoctorBackend, KernelView};
 use report::{Check, Finding, Report, THIS_NODE};
@@ -150,10 +156,10 @@ pub async fn run(opts: &DoctorOptions) -> Report {
     let subnet_env = std::fs::read_to_string(&config.subnet_file)
         .map_err(|e| e.to_string())
         .and_then(|text| env_file::parse_env(&text));
-    node_checks(opts, &mut report, &subnet_path, &subnet_env).await;
     let health = opts
         .healthz
         .or_else(|| health::health_addr(&config.healthz_ip, config.healthz_port));
+    node_checks(opts, &mut report, &subnet_path, &subnet_env, health).await;
     match health {
         Some(addr) => {
             let answers = tokio::task::spawn_blocking(move || {
@@ -182,6 +188,7 @@ async fn node_checks(
     report: &mut Report,
     subnet_path: &str,
     subnet_env: &Result<HashMap<String, String>, String>,
+    health: Option<SocketAddr>,
 ) {
     let config = &opts.config;
     let cluster = match tokio::time::timeout(DATASTORE_TIMEOUT, datastore::read(config)).await {
@@ -296,8 +303,23 @@ async fn node_checks(
         .filter(|(i, _)| Some(*i) != own_index)
         .map(|(_, l)| l)
         .collect();
+    // The backend's own peer table (udp table, WireGuard peers), where it has one.
+    let table = match backend.installed_peers(health).await {
+        Some(Ok(entries)) => Some(entries),
+        Some(Err(finding)) => {
+            report.push(finding);
+            None
+        }
+        None => None,
+    };
     if let (Some(own), Some(b)) = (own, backend.backend()) {
-        match peer_entry_findings(&k, b, &own.lease, &peers, &routes, &kernel).await {
+        let view = PeerView {
+            peers: &peers,
+            routes: &routes,
+            kernel: &kernel,
+            table: table.as_deref(),
+        };
+        match peer_entry_findings(&k, b, &own.lease, &view).await {
             Ok(found) => report.extend(found),
             Err(e) => report.push(problem(Check::PeerEntries, "kernel", e)),
         }
@@ -309,7 +331,10 @@ async fn node_checks(
         config.subnet_lease_renew_margin,
     ));
     if opts.probe {
-        report.extend(probe_peers(backend.as_ref(), &peers, &cluster.netconf).await);
+        let (found, answered) = probe_peers(backend.as_ref(), &peers).await;
+        report.extend(found);
+        // A WireGuard endpoint that differs from the lease while the peer answers is roaming.
+        peer_table::settle_endpoints(&mut report.findings, &answered);
     }
 }
 
@@ -323,34 +348,61 @@ fn describe_ext(ext: &crate::backend::ExternalInterface) -> String {
     format!("{} (public IP {})", ext.name, ips.join(", "))
 }
 
-/// The peers' entries as the daemon's backend wants them against the owned kernel entries.
+/// What the peers' entries are compared with.
+struct PeerView<'a> {
+    peers: &'a [&'a leases::StoredLease],
+    routes: &'a [crate::kernel::Route],
+    kernel: &'a KernelView,
+    /// The backend's installed peer-table entries; `None` when it has no table or it could not be
+    /// read (then the expected peer-table entries are not compared either).
+    table: Option<&'a [crate::backend::PeerEntry]>,
+}
+
+/// The peers' entries as the daemon's backend wants them against the owned kernel entries and
+/// the installed peer-table entries.
 async fn peer_entry_findings(
     k: &dyn Netlink,
     backend: &dyn crate::backend::Backend,
     own: &crate::lease::Lease,
-    peers: &[&leases::StoredLease],
-    routes: &[crate::kernel::Route],
-    kernel: &KernelView,
+    view: &PeerView<'_>,
 ) -> Result<Vec<Finding>, String> {
     let mut ownership = backend.ownership(own);
-    let mut gateways: Vec<std::net::IpAddr> =
-        peers.iter().flat_map(|p| leases::public_ips(&p.lease)).collect();
+    let mut gateways: Vec<std::net::IpAddr> = view
+        .peers
+        .iter()
+        .flat_map(|p| leases::public_ips(&p.lease))
+        .collect();
     gateways.sort_unstable();
     gateways.dedup();
     ownership.peer_gateways = gateways;
-    let installed = read_installed(k, &ownership, routes)
+    let mut installed = read_installed(k, &ownership, view.routes)
         .await
         .map_err(|e| format!("reading the installed entries: {e}"))?;
-    let underlay = underlay_from(routes, &ownership);
-    let expected: Vec<peers::PeerEntries<'_>> = peers
+    let underlay = underlay_from(view.routes, &ownership);
+    let compared =
+        |e: &crate::backend::Entry| view.table.is_some() || !matches!(e, crate::backend::Entry::Peer(_));
+    if let Some(table) = view.table {
+        installed.extend(table.iter().cloned().map(crate::backend::Entry::Peer));
+    }
+    let expected: Vec<peers::PeerEntries<'_>> = view
+        .peers
         .iter()
         .map(|p| peers::PeerEntries {
             label: &p.label,
             lease: &p.lease,
-            entries: backend.entries_for(&p.lease, &underlay),
+            entries: backend
+                .entries_for(&p.lease, &underlay)
+                .into_iter()
+                .filter(compared)
+                .collect(),
         })
         .collect();
-    let names: HashMap<u32, String> = kernel.links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let names: HashMap<u32, String> = view
+        .kernel
+        .links
+        .iter()
+        .map(|l| (l.index, l.name.clone()))
+        .collect();
     let link_name = |index: u32| names.get(&index).cloned().unwrap_or_else(|| format!("#{index}"));
     Ok(peers::entry_findings(
         &backend.own_entries(own),
@@ -360,12 +412,12 @@ async fn peer_entry_findings(
     ))
 }
 
-/// Probes every peer's overlay address and public IP (on a blocking thread: raw sockets).
+/// Probes every peer's overlay address and public IP (on a blocking thread: raw sockets); also
+/// returns the labels of the peers that answered over the overlay.
 async fn probe_peers(
     backend: &dyn DoctorBackend,
     peers: &[&leases::StoredLease],
-    netconf: &crate::netconf::NetConf,
-) -> Vec<Finding> {
+) -> (Vec<Finding>, Vec<String>) {
     let probes: Vec<reach::PeerProbes> = peers
         .iter()
         .map(|p| reach::PeerProbes {
@@ -375,78 +427,27 @@ async fn probe_peers(
         .filter(|p| !p.pairs.is_empty())
         .collect();
     if probes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let targets = reach::targets(&probes);
     let sent = targets.clone();
     let outcomes = tokio::task::spawn_blocking(move || probe::probe(&sent, PROBE_TIMEOUT)).await;
-    let hint = match &netconf.backend {
-        crate::netconf::BackendConfig::Vxlan(cfg) => format!(
-            "a wrong VTEP MAC (in an FDB or neighbour entry, or in a lease) on either side, or UDP port {} \
-             (VXLAN) filtered on either side",
-            if cfg.port == 0 { 8472 } else { cfg.port }
-        ),
-        _ => "the tunnel between the two nodes is broken".to_string(),
-    };
     match outcomes {
-        Ok(Ok(outcomes)) => reach::reach_findings(&probes, &targets, &outcomes, &hint),
-        Ok(Err(e)) => vec![problem(Check::Reachability, "probes", e.to_string())],
-        Err(e) => vec![problem(
-            Check::Reachability,
-            "probes",
-            format!("the probe task failed: {e}"),
-        )],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn doctor_flags_and_daemon_flags_are_parsed_together() {
-        let Parsed::Run(o) = parse_args(
-            &args(&[
-                "--json",
-                "-subnet-file",
-                "/x.env",
-                "--no-probe",
-                "-healthz=127.0.0.1:8081",
-                "--kube-subnet-mgr",
-            ]),
-            &no_env,
-        )
-        .unwrap() else {
-            panic!("help")
-        };
-        assert!(o.json && !o.probe && o.config.kube_subnet_mgr);
-        assert_eq!(o.config.subnet_file, std::path::PathBuf::from("/x.env"));
-        assert_eq!(o.healthz, Some("127.0.0.1:8081".parse().unwrap()));
-        let env = |name: &str| (name == "FLANNELD_HEALTHZ_PORT").then(|| "8099".to_string());
-        let Parsed::Run(o) = parse_args(&[], &env).unwrap() else {
-            panic!("help")
-        };
-        assert_eq!(o.config.healthz_port, 8099, "FLANNELD_* is read as by the daemon");
-        assert!(matches!(parse_args(&args(&["-help"]), &no_env), Ok(Parsed::Help)));
-    }
-
-    #[test]
-    fn bad_arguments_are_named() {
-        assert_eq!(
-            parse_args(&args(&["-nope"]), &no_env).unwrap_err(),
-            "unknown flag -nope"
-        );
-        let err = parse_args(&args(&["-healthz", "localhost"]), &no_env).unwrap_err();
-        assert!(err.contains("\"localhost\""), "{err}");
-        let err = parse_args(&args(&["-healthz-port", "99999"]), &no_env).unwrap_err();
-        assert!(err.contains("-healthz-port") && err.contains("99999"), "{err}");
+        Ok(Ok(outcomes)) => (
+            reach::reach_findings(&probes, &targets, &outcomes, &backend.tunnel_hint()),
+            reach::answered_over_overlay(&probes, &targets, &outcomes),
+        ),
+        Ok(Err(e)) => (
+            vec![problem(Check::Reachability, "probes", e.to_string())],
+            Vec::new(),
+        ),
+        Err(e) => (
+            vec![problem(
+                Check::Reachability,
+                "probes",
+                format!("the probe task failed: {e}"),
+            )],
+            Vec::new(),
+        ),
     }
 }

@@ -1,19 +1,20 @@
-//! Per-peer kernel entries against what the leases say, decided by the reconciler's own pure
-//! planner: the ops `reconcile::plan` would apply to turn the installed entries into the desired
+//! Per-peer kernel entries (and peer-table entries: udp table, WireGuard peers) against what the
+//! leases say, decided by the reconciler's own pure planner: the ops `reconcile::plan_desired` would apply to turn the installed entries into the desired
 //! ones are exactly what is wrong, so doctor and daemon agree by construction. Each op becomes one
 //! sentence naming the peer and the object: an entry that is missing, one that differs from the
 //! lease (a neighbour with another MAC, a route through another gateway), or one in the kernel that
 //! no lease explains. An FDB entry whose MAC is wrong shows in the planner as "delete the wrong
 //! MAC, add the right one" (the MAC is part of an FDB entry's identity); doctor joins the two into
-//! one sentence. Pure.
+//! one sentence. Peer-table entries get their own sentences (`peer_table`). Pure.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::leases::public_ips;
+use super::peer_table::{self, PeerDiffs};
 use super::report::{Check, Finding, THIS_NODE, describe};
-use crate::backend::Entry;
-use crate::backend::reconcile::{EntryKey, plan};
+use crate::backend::reconcile::{DesiredSet, EntryKey, plan, same_entry};
+use crate::backend::{Entry, PeerEntry};
 use crate::kernel::{Fdb, Op};
 use crate::lease::Lease;
 
@@ -36,9 +37,48 @@ fn entry_of(op: &Op) -> (Entry, bool) {
     }
 }
 
+/// The peer-table entries keyed as the reconciler keys them (`DesiredSet`: the first desired
+/// entry of a key wins) and compared with its own `same_entry`: what its planner would replace
+/// (missing or different) or delete (installed, not desired). A table holds one entry per key,
+/// so the planner's handling of several installed versions of a key does not arise.
+/// (`reconcile::plan` returns kernel ops only; its `plan_desired`, which also plans peer ops, is
+/// not exported.)
+fn peer_diffs(
+    desired: &[Entry],
+    installed_by_key: &BTreeMap<EntryKey, &Entry>,
+    owner: &BTreeMap<EntryKey, (Option<usize>, &Entry)>,
+) -> PeerDiffs {
+    let wanted = DesiredSet::new(desired);
+    let mut diffs = PeerDiffs::default();
+    for (key, want) in &wanted.by_key {
+        let Entry::Peer(w) = want else { continue };
+        let who = owner.get(key).and_then(|(who, _)| *who);
+        match installed_by_key.get(key) {
+            None => diffs.missing.push((who, w.clone())),
+            Some(have) if !same_entry(want, have) => {
+                if let Entry::Peer(h) = have {
+                    diffs.differs.push((who, w.clone(), h.clone()));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, have) in installed_by_key {
+        if let Entry::Peer(h) = have
+            && !wanted.by_key.contains_key(key)
+        {
+            diffs.extra.push(h.clone());
+        }
+    }
+    // In the order of the leases, as people read them.
+    diffs.missing.sort_by_key(|(who, _)| *who);
+    diffs.differs.sort_by_key(|(who, _, _)| *who);
+    diffs
+}
+
 /// Whether `entry` concerns `lease` (its subnet, its subnet's address, its public IP), to name the
 /// peer an unexplained entry most likely belonged to.
-fn concerns(entry: &Entry, lease: &Lease) -> bool {
+pub(super) fn concerns(entry: &Entry, lease: &Lease) -> bool {
     let in_subnet = |ip: &IpAddr| match ip {
         IpAddr::V4(v4) => lease.subnet.is_some_and(|s| s.contains(v4)),
         IpAddr::V6(v6) => lease.ipv6_subnet.is_some_and(|s| s.contains(v6)),
@@ -47,7 +87,15 @@ fn concerns(entry: &Entry, lease: &Lease) -> bool {
         Entry::Route(r) => in_subnet(&r.dst.network()),
         Entry::Neigh(n) => in_subnet(&n.ip),
         Entry::Fdb(f) => f.dst.is_some_and(|d| public_ips(lease).contains(&d)),
-        Entry::Peer(_) => false,
+        Entry::Peer(PeerEntry::Udp(p)) => {
+            in_subnet(&IpAddr::V4(p.subnet.network()))
+                || public_ips(lease).contains(&IpAddr::V4(*p.endpoint.ip()))
+        }
+        Entry::Peer(PeerEntry::Wireguard(p)) => {
+            p.allowed_ips.iter().any(|n| in_subnet(&n.network()))
+                || p.endpoint.is_some_and(|e| public_ips(lease).contains(&e.ip()))
+        }
+        Entry::Peer(PeerEntry::Extension(p)) => p.public_ip == lease.attrs.public_ip,
     }
 }
 
@@ -92,6 +140,7 @@ pub fn entry_findings(
             None => missing.push((who, entry)),
         }
     }
+    let peer_diffs = peer_diffs(&desired, &installed_by_key, &owner);
 
     let subject = |who: Option<usize>| who.map_or(THIS_NODE, |i| peers[i].label);
     // How a sentence starts: `peer <label>` or `this node`.
@@ -159,19 +208,34 @@ pub fn entry_findings(
             message,
         ));
     }
+    out.extend(peer_table::findings(peer_diffs, peers, link_name));
     if out.is_empty() {
-        let entries = desired.len();
-        out.push(Finding::ok(
-            Check::PeerEntries,
-            THIS_NODE,
-            "entries",
-            format!(
-                "every peer's kernel entries are as its lease says, and no other is installed ({} peers, {entries} entries)",
-                peers.len()
-            ),
-        ));
+        out.push(ok_sentence(&desired, peers.len()));
     }
     out
+}
+
+/// All is well: how many entries of which kind were compared.
+fn ok_sentence(desired: &[Entry], peers: usize) -> Finding {
+    let kernel = desired.iter().filter(|e| !matches!(e, Entry::Peer(_))).count();
+    let table = desired.len() - kernel;
+    let noun = desired.iter().find_map(|e| match e {
+        Entry::Peer(PeerEntry::Udp(_)) => Some("udp table entries"),
+        Entry::Peer(PeerEntry::Wireguard(_)) => Some("WireGuard peers"),
+        Entry::Peer(PeerEntry::Extension(_)) => Some("extension peers"),
+        _ => None,
+    });
+    let message = match noun {
+        None => format!(
+            "every peer's kernel entries are as its lease says, and no other is installed ({peers} peers, {kernel} entries)"
+        ),
+        Some(noun) => format!(
+            "every peer's kernel entries and {noun} are as its lease says, and no other is installed \
+             ({peers} peers, {kernel} kernel {}, {table} {noun})",
+            if kernel == 1 { "entry" } else { "entries" }
+        ),
+    };
+    Finding::ok(Check::PeerEntries, THIS_NODE, "entries", message)
 }
 
 #[cfg(test)]

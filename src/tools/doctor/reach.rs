@@ -102,6 +102,30 @@ pub fn reach_findings(
     out
 }
 
+/// The labels of the peers whose every overlay probe answered (peers probed on the underlay only
+/// are not listed).
+pub fn answered_over_overlay(peers: &[PeerProbes], targets: &[IpAddr], outcomes: &[Outcome]) -> Vec<String> {
+    let answered = |ip: &IpAddr| {
+        targets
+            .iter()
+            .position(|t| t == ip)
+            .and_then(|i| outcomes.get(i))
+            .is_some_and(|o| *o == Outcome::Answered)
+    };
+    peers
+        .iter()
+        .filter(|p| {
+            let overlay: Vec<&IpAddr> = p
+                .pairs
+                .iter()
+                .filter_map(|pair| pair.overlay.as_ref().map(|(ip, _)| ip))
+                .collect();
+            !overlay.is_empty() && overlay.into_iter().all(answered)
+        })
+        .map(|p| p.label.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +173,26 @@ mod tests {
         let all = vec![Outcome::Answered; 6];
         let ok = reach_findings(&peers, &t, &all, "HINT");
         assert_eq!(ok[0].message, "every peer answers (3 peers, 3 probes)");
+    }
+
+    #[test]
+    fn peers_that_answered_over_the_overlay_are_listed() {
+        let mut underlay_only = vxlan_peer(5);
+        underlay_only.pairs[0].overlay = None;
+        let peers = [vxlan_peer(2), vxlan_peer(3), underlay_only];
+        let t = targets(&peers);
+        // 198.18.2.0, 192.0.2.2, 198.18.3.0, 192.0.2.3, 192.0.2.5
+        let outcomes = [
+            Outcome::Answered,
+            Outcome::NoAnswer,
+            Outcome::NoAnswer,
+            Outcome::Answered,
+            Outcome::Answered,
+        ];
+        assert_eq!(
+            answered_over_overlay(&peers, &t, &outcomes),
+            ["lease 198.18.2.0-24 (192.0.2.2)"]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::backend::Entry;
+use crate::backend::{Entry, PeerEntry};
 use crate::kernel::{NUD_PERMANENT, RTPROT_BOOT, RTPROT_FLANNEL};
 
 /// How a finding counts.
@@ -33,6 +33,8 @@ pub enum Check {
     OwnLease,
     Device,
     PeerEntries,
+    /// A WireGuard peer's endpoint differs from its lease (a note when the peer answers: roaming).
+    PeerEndpoints,
     UnexplainedEntries,
     Leases,
     Reachability,
@@ -143,7 +145,9 @@ impl Report {
 
 /// A kernel entry in words, `ip`-style, with device names (`#<index>` when unknown):
 /// `route 198.18.2.0/24 via 198.18.2.0 dev flannel.1 onlink`,
-/// `neighbour 198.18.2.0 lladdr aa:.. on flannel.1`, `FDB entry aa:.. dst 192.0.2.2 on flannel.1`.
+/// `neighbour 198.18.2.0 lladdr aa:.. on flannel.1`, `FDB entry aa:.. dst 192.0.2.2 on flannel.1`,
+/// `udp table entry 198.18.2.0/24 -> 192.0.2.2:8285`,
+/// `WireGuard peer <key> on flannel-wg (endpoint 192.0.2.2:51820, allowed IPs 198.18.2.0/24)`.
 pub fn describe(entry: &Entry, link_name: &dyn Fn(u32) -> String) -> String {
     match entry {
         Entry::Route(r) => {
@@ -179,7 +183,27 @@ pub fn describe(entry: &Entry, link_name: &dyn Fn(u32) -> String) -> String {
             let dst = f.dst.map(|d| format!(" dst {d}")).unwrap_or_default();
             format!("FDB entry {}{dst} on {}", f.mac, link_name(f.index))
         }
-        Entry::Peer(p) => format!("peer entry {p:?}"),
+        Entry::Peer(PeerEntry::Udp(p)) => format!("udp table entry {} -> {}", p.subnet, p.endpoint),
+        Entry::Peer(PeerEntry::Wireguard(p)) => {
+            // Never the preshared key: only the public identity and the routing of the peer.
+            let endpoint = p.endpoint.map_or_else(|| "none".into(), |e| e.to_string());
+            let ips: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+            format!(
+                "WireGuard peer {} on {} (endpoint {endpoint}, allowed IPs {})",
+                p.public_key,
+                link_name(p.device),
+                ips.join(",")
+            )
+        }
+        Entry::Peer(PeerEntry::Extension(p)) => {
+            let subnets: Vec<String> = p
+                .subnet
+                .map(|s| s.to_string())
+                .into_iter()
+                .chain(p.ipv6_subnet.map(|s| s.to_string()))
+                .collect();
+            format!("extension peer {} (public IP {})", subnets.join(","), p.public_ip)
+        }
     }
 }
 
