@@ -203,7 +203,8 @@ fn udp_mixed_cluster_matches_the_spec_and_every_pod_pings_every_other() {
         "departed interop peer: datagrams stopped {stopped_after:?} after its lease was deleted ({before} before, {} at the end)",
         last.0
     );
-    assert!(last.0 > before, "the peer received the pings before it left");
+    // (Whether more datagrams arrive between sampling `before` and the delete depends on timing.)
+    assert!(before > 0, "the peer received the pings before it left");
     assert!(
         stopped_after < Duration::from_secs(5),
         "datagrams kept reaching the departed peer for {stopped_after:?}"
