@@ -96,7 +96,10 @@ pub fn reach_findings(
             Check::Reachability,
             THIS_NODE,
             "peers",
-            format!("every peer answers ({} peers, {answered} probes)", peers.len()),
+            match peers.len() {
+                1 => format!("the peer answers ({answered} probes)"),
+                n => format!("every peer answers ({n} peers, {answered} probes)"),
+            },
         ));
     }
     out
