@@ -1,5 +1,5 @@
 //! The userspace implementation of the `WireguardDevice` seam, for kernels without the
-//! WireGuard module: a persistent TUN device with the device's name (address, MTU and routes
+//! WireGuard module: a persistent TUN device with the device's name (`backend::tun`; address, MTU and routes
 //! are set by the backend and the reconciler as for the kernel device), the WireGuard protocol
 //! through boringtun's `noise` state machine (`peer`, `worker`), batched UDP (`udp`), TUN
 //! offloads (`offload`), and the standard UAPI socket `/run/wireguard/<name>.sock` (`uapi`,
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use crate::backend::tun::{QueueOptions, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TunError, TunQueue};
 use crate::kernel::Netlink;
 
 use super::device::{DeviceInfo, DeviceUpdate, EnsuredLink, Implementation, WgError, WireguardDevice};
@@ -24,10 +25,10 @@ use super::metrics::WgMetrics;
 pub mod instance;
 pub mod offload;
 pub mod peer;
-pub mod tun;
 pub mod uapi;
 pub mod uapi_server;
 pub mod udp;
+pub mod waker;
 pub mod worker;
 
 use instance::Instance;
@@ -92,6 +93,22 @@ impl Drop for UserspaceWireguard {
     }
 }
 
+/// Open `count` queues (at least one) of the TUN device `name` with a `virtio_net_hdr` on every
+/// packet, creating a persistent device or attaching to the one a previous run left. The first
+/// queue makes the device persistent and enables checksum and TCP segmentation offload before
+/// the others attach, so a failure on a later queue still leaves the device in place.
+fn open_tun(name: &str, count: usize) -> Result<Vec<TunQueue>, TunError> {
+    let opts = QueueOptions { vnet_hdr: true };
+    let first = TunQueue::open(name, opts)?;
+    first.set_persist(true)?;
+    first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)?;
+    let mut queues = vec![first];
+    for _ in 1..count.max(1) {
+        queues.push(TunQueue::open(name, opts)?);
+    }
+    Ok(queues)
+}
+
 fn kernel_err(step: String) -> impl FnOnce(crate::kernel::KernelError) -> WgError {
     move |source| WgError::Kernel { step, source }
 }
@@ -137,8 +154,8 @@ impl WireguardDevice for UserspaceWireguard {
                 }
             }
         }
-        let queues = tun::open_queues(name, Self::queues())
-            .map_err(|e| WgError::device("opening TUN queues for", name, e))?;
+        let queues =
+            open_tun(name, Self::queues()).map_err(|e| WgError::device("opening TUN queues for", name, e))?;
         let link = k
             .link_by_name(name)
             .await

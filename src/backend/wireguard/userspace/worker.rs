@@ -11,6 +11,7 @@
 //! limit are answered with cookies.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -20,12 +21,13 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
 
 use crate::backend::peers::WgKey;
+use crate::backend::tun::TunQueue;
 
 use super::super::metrics::{DataPathCounters, WgMetrics};
 use super::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use super::peer::{Peer, Snapshot};
-use super::tun::{TunQueue, Waker};
 use super::udp::{SendBatch, UdpSock};
+use super::waker::Waker;
 
 /// WireGuard adds 32 bytes to each packet; a handshake initiation is 148 bytes.
 const WG_OVERHEAD: usize = 32;
@@ -119,7 +121,7 @@ pub fn run(
         }
         let mut fds = [
             libc::pollfd {
-                fd: if tun_alive { tun.raw() } else { -1 },
+                fd: if tun_alive { tun.as_raw_fd() } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },
