@@ -21,6 +21,7 @@ pub mod alloc;
 pub mod extension;
 pub mod hostgw;
 pub mod ipip;
+pub mod offload;
 pub mod peers;
 pub mod reconcile;
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The userspace implementation of the `WireguardDevice` seam, for kernels without the
-//! WireGuard module: a persistent TUN device with the device's name (`backend::tun`; address, MTU and routes
-//! are set by the backend and the reconciler as for the kernel device), the WireGuard protocol
-//! through boringtun's `noise` state machine (`peer`, `worker`), batched UDP (`udp`), TUN
-//! offloads (`offload`), and the standard UAPI socket `/run/wireguard/<name>.sock` (`uapi`,
-//! `uapi_server`) so `wg show` and `wg set` work as with the kernel module.
+//! WireGuard module: a persistent TUN device with the device's name (opened through
+//! `backend::tun`; address, MTU and routes are set by the backend and the reconciler as for the
+//! kernel device), the WireGuard protocol through boringtun's `noise` state machine (`peer`,
+//! `worker`), batched UDP (`udp`), TUN offloads (the shared `backend::offload`), and the standard
+//! UAPI socket `/run/wireguard/<name>.sock` (`uapi`, `uapi_server`) so `wg show` and `wg set`
+//! work as with the kernel module.
 //!
 //! It must not decide anything about peers: it applies updates, with the kernel module's
 //! semantics (`device::apply_update`), and reports its state. A `wg set` on the socket is
@@ -23,7 +24,6 @@ use super::device::{DeviceInfo, DeviceUpdate, EnsuredLink, Implementation, WgErr
 use super::metrics::WgMetrics;
 
 pub mod instance;
-pub mod offload;
 pub mod peer;
 pub mod uapi;
 pub mod uapi_server;
