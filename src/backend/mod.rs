@@ -18,6 +18,7 @@ use crate::netconf::{BackendConfig, NetConf};
 pub use peers::{PeerEntry, PeerError, PeerKey, PeerOp, PeerTable};
 
 pub mod alloc;
+pub mod device_addr;
 pub mod extension;
 pub mod hostgw;
 pub mod ipip;
