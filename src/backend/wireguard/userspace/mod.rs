@@ -109,10 +109,6 @@ fn open_tun(name: &str, count: usize) -> Result<Vec<TunQueue>, TunError> {
     Ok(queues)
 }
 
-fn kernel_err(step: String) -> impl FnOnce(crate::kernel::KernelError) -> WgError {
-    move |source| WgError::Kernel { step, source }
-}
-
 #[async_trait::async_trait]
 impl WireguardDevice for UserspaceWireguard {
     fn implementation(&self) -> Implementation {
@@ -123,7 +119,7 @@ impl WireguardDevice for UserspaceWireguard {
         let existing = k
             .link_by_name(name)
             .await
-            .map_err(kernel_err(format!("looking up WireGuard device {name}")))?;
+            .map_err(WgError::kernel(format!("looking up WireGuard device {name}")))?;
         let instance = self.instance(name);
         // Our own TUN, still there: nothing to do but the MTU.
         if let (Some(inst), Some(link)) = (&instance, &existing)
@@ -132,7 +128,7 @@ impl WireguardDevice for UserspaceWireguard {
             if link.mtu != mtu {
                 k.set_link_mtu(link.index, mtu)
                     .await
-                    .map_err(kernel_err(format!("setting the MTU of {name} to {mtu}")))?;
+                    .map_err(WgError::kernel(format!("setting the MTU of {name} to {mtu}")))?;
             }
             return Ok(EnsuredLink {
                 link: link.clone(),
@@ -148,7 +144,7 @@ impl WireguardDevice for UserspaceWireguard {
                 tracing::warn!(device = %name, kind = ?link.kind, "replacing a link with the WireGuard device's name");
                 match k.delete_link(link.index).await {
                     Err(e) if !e.is_not_found() => {
-                        return Err(kernel_err(format!("deleting link {name}"))(e));
+                        return Err(WgError::kernel(format!("deleting link {name}"))(e));
                     }
                     _ => {}
                 }
@@ -159,14 +155,14 @@ impl WireguardDevice for UserspaceWireguard {
         let link = k
             .link_by_name(name)
             .await
-            .map_err(kernel_err(format!("looking up WireGuard device {name}")))?
+            .map_err(WgError::kernel(format!("looking up WireGuard device {name}")))?
             .ok_or_else(|| {
                 WgError::device("creating", name, "the TUN device vanished right after creation")
             })?;
         if link.mtu != mtu {
             k.set_link_mtu(link.index, mtu)
                 .await
-                .map_err(kernel_err(format!("setting the MTU of {name} to {mtu}")))?;
+                .map_err(WgError::kernel(format!("setting the MTU of {name} to {mtu}")))?;
         }
         let inst = match instance {
             Some(inst) => inst,
