@@ -18,9 +18,11 @@ use crate::netconf::{BackendConfig, NetConf};
 pub use peers::{PeerEntry, PeerError, PeerKey, PeerOp, PeerTable};
 
 pub mod alloc;
+pub mod device_addr;
 pub mod extension;
 pub mod hostgw;
 pub mod ipip;
+pub mod offload;
 pub mod peers;
 pub mod peers_json;
 pub mod reconcile;

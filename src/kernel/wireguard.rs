@@ -65,6 +65,26 @@ fn request_error(op: &'static str, device: &str, e: GenetlinkError) -> GenlError
     }
 }
 
+/// A reply of the `op` exchange for `device` that could not be decoded.
+fn decode_error(op: &'static str, device: &str, e: impl std::fmt::Display) -> GenlError {
+    GenlError::Request {
+        op,
+        device: device.to_string(),
+        message: format!("decoding the reply: {e}"),
+        errno: None,
+    }
+}
+
+/// The kernel's error answer `errno` (`message`) to the `op` exchange for `device`.
+fn refused(op: &'static str, device: &str, message: String, errno: i32) -> GenlError {
+    GenlError::Request {
+        op,
+        device: device.to_string(),
+        message,
+        errno: Some(errno),
+    }
+}
+
 /// A generic netlink connection to the kernel's WireGuard family.
 pub struct GenlWireguard {
     handle: GenetlinkHandle,
@@ -101,12 +121,7 @@ impl GenlWireguard {
             .map_err(|e| request_error(OP, name, e))?;
         let mut parts = Vec::new();
         while let Some(reply) = stream.next().await {
-            let reply = reply.map_err(|e| GenlError::Request {
-                op: OP,
-                device: name.to_string(),
-                message: format!("decoding the reply: {e}"),
-                errno: None,
-            })?;
+            let reply = reply.map_err(|e| decode_error(OP, name, e))?;
             match reply.payload {
                 NetlinkPayload::InnerMessage(genl) => parts.push(genl.payload),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
@@ -114,12 +129,7 @@ impl GenlWireguard {
                     if errno == libc::ENODEV || errno == libc::ENOENT || errno == libc::EOPNOTSUPP {
                         return Ok(None);
                     }
-                    return Err(GenlError::Request {
-                        op: OP,
-                        device: name.to_string(),
-                        message: e.to_io().to_string(),
-                        errno: Some(errno),
-                    });
+                    return Err(refused(OP, name, e.to_io().to_string(), errno));
                 }
                 _ => {}
             }
@@ -139,21 +149,11 @@ impl GenlWireguard {
                 .await
                 .map_err(|e| request_error(OP, name, e))?;
             while let Some(reply) = stream.next().await {
-                let reply = reply.map_err(|e| GenlError::Request {
-                    op: OP,
-                    device: name.to_string(),
-                    message: format!("decoding the reply: {e}"),
-                    errno: None,
-                })?;
+                let reply = reply.map_err(|e| decode_error(OP, name, e))?;
                 if let NetlinkPayload::Error(e) = reply.payload
                     && e.code.is_some()
                 {
-                    return Err(GenlError::Request {
-                        op: OP,
-                        device: name.to_string(),
-                        message: e.to_io().to_string(),
-                        errno: Some(-e.raw_code()),
-                    });
+                    return Err(refused(OP, name, e.to_io().to_string(), -e.raw_code()));
                 }
             }
         }

@@ -89,6 +89,18 @@ impl IptRule {
         }
     }
 
+    /// `<head> -m comment --comment <comment> <tail>` in `chain`: every rule we write carries
+    /// its set's comment between the match and the target.
+    fn commented(chain: &str, head: &[&str], comment: &str, tail: &[&str]) -> IptRule {
+        let tokens: Vec<&str> = head
+            .iter()
+            .copied()
+            .chain(["-m", "comment", "--comment", comment])
+            .chain(tail.iter().copied())
+            .collect();
+        IptRule::new(chain, &tokens)
+    }
+
     /// `<action> <chain> <spec>` as one iptables-restore line: tokens joined by single spaces,
     /// the token after `--comment` in double quotes (as upstream's payload builder).
     pub fn line(&self, action: &str) -> String {
@@ -142,16 +154,7 @@ pub fn masq_rules(cluster: IpNet, pod: IpNet, random_fully: bool) -> IptRuleSet 
     let family = Family::of(&cluster);
     let c = cluster.trunc().to_string();
     let p = pod.trunc().to_string();
-    let comment = ["-m", "comment", "--comment", MASQ_COMMENT];
-    let with = |head: &[&str], tail: &[&str]| -> IptRule {
-        let tokens: Vec<&str> = head
-            .iter()
-            .chain(comment.iter())
-            .chain(tail.iter())
-            .copied()
-            .collect();
-        IptRule::new(MASQ_CHAIN, &tokens)
-    };
+    let with = |head: &[&str], tail: &[&str]| IptRule::commented(MASQ_CHAIN, head, MASQ_COMMENT, tail);
     let masquerade: &[&str] = if random_fully {
         &["-j", "MASQUERADE", "--random-fully"]
     } else {
@@ -181,15 +184,8 @@ pub fn masq_rules(cluster: IpNet, pod: IpNet, random_fully: bool) -> IptRuleSet 
 /// from and to the network.
 pub fn forward_rules(network: IpNet) -> IptRuleSet {
     let n = network.trunc().to_string();
-    let comment = ["-m", "comment", "--comment", FORWARD_COMMENT];
-    let rule = |chain: &str, head: &[&str], target: &str| -> IptRule {
-        let tokens: Vec<&str> = head
-            .iter()
-            .chain(comment.iter())
-            .copied()
-            .chain(["-j", target])
-            .collect();
-        IptRule::new(chain, &tokens)
+    let rule = |chain: &str, head: &[&str], target: &str| {
+        IptRule::commented(chain, head, FORWARD_COMMENT, &["-j", target])
     };
     IptRuleSet {
         family: Family::of(&network),
@@ -327,15 +323,8 @@ pub fn ipip_filter_rules(
     local: std::net::Ipv4Addr,
     peers: &std::collections::BTreeSet<std::net::Ipv4Addr>,
 ) -> IptRuleSet {
-    let comment = ["-m", "comment", "--comment", IPIP_COMMENT];
-    let rule = |chain: &str, head: &[&str], target: &str| -> IptRule {
-        let tokens: Vec<&str> = head
-            .iter()
-            .chain(comment.iter())
-            .copied()
-            .chain(["-j", target])
-            .collect();
-        IptRule::new(chain, &tokens)
+    let rule = |chain: &str, head: &[&str], target: &str| {
+        IptRule::commented(chain, head, IPIP_COMMENT, &["-j", target])
     };
     let dst = format!("{local}/32");
     let mut rules = vec![rule("PREROUTING", &["-d", &dst, "-p", "4"], IPIP_CHAIN)];

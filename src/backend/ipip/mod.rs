@@ -14,11 +14,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::backend::vxlan::device::{Family, device_address, stale_addresses};
+use crate::backend::device_addr::{ensure_device_address, ensure_device_up, kernel_err};
 use crate::backend::{
     Backend, BackendError, Entry, ExternalInterface, Ownership, Underlay, WarnOnce, own_subnets,
 };
-use crate::kernel::{Addr, AddrFlags, IpipSpec, KernelError, Link, Netlink, Route};
+use crate::kernel::{IpipSpec, Link, Netlink, Route};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{IpipConfig, NetConf};
 
@@ -31,10 +31,6 @@ pub const DEVICE: &str = "flannel.ipip";
 const IPIP_OVERHEAD: u32 = 20;
 /// The smallest IPv4 MTU.
 const MIN_MTU: u32 = 68;
-
-fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
-    move |source| BackendError::Kernel { step, source }
-}
 
 /// The route one remote lease needs (pure): `<subnet> via <public_ip> dev #<oif> onlink`, main
 /// table, protocol 70. `oif` is `flannel.ipip`, or the external interface with DirectRouting.
@@ -202,50 +198,9 @@ impl IpipBackend {
             .addrs()
             .await
             .map_err(kernel_err(format!("listing addresses of {DEVICE}")))?;
-        let on_device: Vec<Addr> = addrs.into_iter().filter(|a| a.index == self.index).collect();
-        let wanted = device_address(IpNet::V4(subnet));
-        for stale in stale_addresses(Family::V4, &on_device, wanted, self.network.map(IpNet::V4)) {
-            tracing::info!(device = DEVICE, address = %format!("{}/{}", stale.ip, stale.prefix_len),
-                "removing stale address from ipip device");
-            match k.del_addr(stale).await {
-                Err(e) if !e.is_not_found() && e.errno() != Some(libc::EADDRNOTAVAIL) => {
-                    return Err(kernel_err(format!(
-                        "removing address {}/{} from {DEVICE}",
-                        stale.ip, stale.prefix_len
-                    ))(e));
-                }
-                _ => {}
-            }
-        }
-        if !on_device.iter().any(|a| (a.ip, a.prefix_len) == wanted) {
-            let addr = Addr {
-                index: self.index,
-                ip: wanted.0,
-                prefix_len: wanted.1,
-                flags: AddrFlags::default(),
-            };
-            match k.add_addr(&addr).await {
-                Err(e) if !e.is_exists() => {
-                    return Err(kernel_err(format!(
-                        "adding address {}/{} to {DEVICE}",
-                        wanted.0, wanted.1
-                    ))(e));
-                }
-                _ => {}
-            }
-        }
-        let link = k
-            .link_by_name(DEVICE)
-            .await
-            .map_err(kernel_err(format!("looking up ipip device {DEVICE}")))?
-            .ok_or_else(|| {
-                BackendError::Config(format!("ipip device {DEVICE} vanished while configuring it"))
-            })?;
-        if !link.up {
-            k.set_link_up(link.index)
-                .await
-                .map_err(kernel_err(format!("setting {DEVICE} up")))?;
-        }
+        let network = self.network.map(IpNet::V4);
+        ensure_device_address(k, DEVICE, self.index, &addrs, IpNet::V4(subnet), network).await?;
+        ensure_device_up(k, DEVICE, &format!("ipip device {DEVICE}")).await?;
         Ok(())
     }
 }

@@ -2,8 +2,8 @@
 //! multi-queue device (IFF_TUN|IFF_NO_PI|IFF_MULTI_QUEUE, optionally IFF_VNET_HDR), making the
 //! device persistent, enabling offloads (TUNSETOFFLOAD), and non-blocking reads and writes of one
 //! packet each. It must not configure addresses, MTU or routes: those go through the kernel seam
-//! (`kernel::Netlink`) like every other device. Reusable by any backend with a userspace data path
-//! (udp, userspace WireGuard). Written directly over `libc` (already a dependency; its ioctl numbers
+//! (`kernel::Netlink`) like every other device. Serves every backend with a userspace data path: udp's
+//! `flannel0` and the userspace WireGuard device (each picks its own flags and offloads). Written directly over `libc` (already a dependency; its ioctl numbers
 //! are right for every architecture) rather than a TUN crate: we need TUNSETPERSIST to re-attach a
 //! restarted daemon to the same device, per-queue file descriptors for our own worker threads, and
 //! our own offload code between the socket and the device, which crates bundle differently.

@@ -3,22 +3,18 @@
 //! giving it the own lease's address, the MTU and the up flag through the kernel seam. Spec:
 //! flanneld-behaviour.md 9.3 (IFF_TUN|IFF_NO_PI, `<subnet network address>/32`, MTU ext-28, up).
 
-use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::backend::BackendError;
+use crate::backend::device_addr::{device_link, ensure_device_address, kernel_err, set_up};
 use crate::backend::tun::{
     self, QueueOptions, TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, TunError, TunQueue,
 };
-use crate::kernel::{Addr, AddrFlags, KernelError, Netlink};
+use crate::kernel::Netlink;
 
 pub const DEVICE: &str = "flannel0";
-
-fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
-    move |source| BackendError::Kernel { step, source }
-}
 
 fn tun_err(e: TunError) -> BackendError {
     BackendError::Config(format!("udp: {e}"))
@@ -112,52 +108,15 @@ pub async fn configure(
         .addrs()
         .await
         .map_err(kernel_err(format!("listing addresses of {DEVICE}")))?;
-    let wanted = IpAddr::V4(subnet.network());
-    let on_device: Vec<&Addr> = addrs.iter().filter(|a| a.index == index).collect();
-    for stale in on_device.iter().filter(|a| {
-        (a.ip, a.prefix_len) != (wanted, 32) && matches!(a.ip, IpAddr::V4(v4) if network.contains(&v4))
-    }) {
-        tracing::info!(device = DEVICE, address = %format!("{}/{}", stale.ip, stale.prefix_len), "removing stale address");
-        match k.del_addr(stale).await {
-            Err(e) if !e.is_not_found() && e.errno() != Some(libc::EADDRNOTAVAIL) => {
-                return Err(kernel_err(format!(
-                    "removing address {}/{} from {DEVICE}",
-                    stale.ip, stale.prefix_len
-                ))(e));
-            }
-            _ => {}
-        }
-    }
-    if !on_device.iter().any(|a| (a.ip, a.prefix_len) == (wanted, 32)) {
-        let addr = Addr {
-            index,
-            ip: wanted,
-            prefix_len: 32,
-            flags: AddrFlags::default(),
-        };
-        match k.add_addr(&addr).await {
-            Err(e) if !e.is_exists() => {
-                return Err(kernel_err(format!("adding address {wanted}/32 to {DEVICE}"))(e));
-            }
-            _ => tracing::info!(device = DEVICE, address = %format!("{wanted}/32"), "added address"),
-        }
-    }
-    let link = k
-        .link_by_name(DEVICE)
-        .await
-        .map_err(kernel_err(format!("looking up {DEVICE}")))?
-        .ok_or_else(|| BackendError::Config(format!("udp: {DEVICE} vanished while configuring it")))?;
+    let (own, cluster) = (IpNet::V4(subnet), Some(IpNet::V4(network)));
+    ensure_device_address(k, DEVICE, index, &addrs, own, cluster).await?;
+    let link = device_link(k, DEVICE, &format!("udp TUN device {DEVICE}")).await?;
     if link.mtu != mtu {
         k.set_link_mtu(index, mtu)
             .await
             .map_err(kernel_err(format!("setting the MTU of {DEVICE} to {mtu}")))?;
     }
-    if !link.up {
-        k.set_link_up(index)
-            .await
-            .map_err(kernel_err(format!("setting {DEVICE} up")))?;
-    }
-    Ok(())
+    set_up(k, &link, DEVICE).await
 }
 
 /// The udp backend carries IPv4 only: keep the kernel from sending IPv6 (router solicitations,

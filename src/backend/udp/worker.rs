@@ -5,7 +5,8 @@
 //!   TTL, look the destination up in the forwarding table snapshot, and send them with `sendmmsg`
 //!   and UDP_SEGMENT; a destination no lease covers gets an ICMP net unreachable (rate-limited);
 //! - peers -> TUN: `recvmmsg` with UDP_GRO, validate every datagram (`packet::ipv4::accept`),
-//!   coalesce TCP segments (`packet::gro`) and write them to the TUN device.
+//!   coalesce TCP segments (the shared `backend::offload`, with `packet::offload`'s parameters)
+//!   and write them to the TUN device.
 //!
 //! Workers never lock and never wait on the control plane: they read the table through `ArcSwap`
 //! and count through atomics. All buffers are allocated when a worker starts; nothing a peer sends
@@ -22,11 +23,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::metrics::UdpMetrics;
-use super::packet::gro::Coalescer;
-use super::packet::gso::{self, GSO_NONE, VNET_HDR_LEN, VnetHdr};
 use super::packet::ipv4::{self, DropReason, ReceivePolicy};
+use super::packet::offload::{self as packet_offload, INTEGRITY};
 use super::socket::{Outgoing, RecvBatch, SendBatch, UdpSock};
 use super::table::ForwardingTable;
+use crate::backend::offload::{Coalescer, GSO_NONE, Segments, VNET_HDR_LEN, VnetHdr};
 use crate::backend::tun::TunQueue;
 
 /// Packets read from the TUN device per wake-up before turning to the socket.
@@ -182,7 +183,7 @@ impl Worker {
             send: SendBatch::default(),
             recv: RecvBatch::new(RECV_BATCH, RECV_BUF),
             accepted: Vec::with_capacity(RECV_BATCH * 64),
-            gro: Coalescer::default(),
+            gro: Coalescer::new(INTEGRITY),
             gro_out: Vec::with_capacity(RECV_BATCH * (RECV_BUF + 64 * VNET_HDR_LEN)),
             gro_items: Vec::with_capacity(RECV_BATCH * 64),
             icmp: Vec::with_capacity(VNET_HDR_LEN + 128),
@@ -273,7 +274,7 @@ impl Worker {
             };
             let to = std::net::SocketAddrV4::new(*peer.ip(), self.cfg.port);
             if hdr.gso_type == GSO_NONE {
-                if let Err(e) = gso::prepare_single(&hdr, &mut self.tun_buf[off..n]) {
+                if let Err(e) = packet_offload::prepare_single(&hdr, &mut self.tun_buf[off..n]) {
                     self.metrics.count_drop(e.reason, 1);
                     continue;
                 }
@@ -297,7 +298,7 @@ impl Worker {
                     self.flush();
                 }
                 let start = self.send_used;
-                match gso::segment(&hdr, &self.tun_buf[off..n], &mut self.send_buf[start..]) {
+                match packet_offload::segment(&hdr, &self.tun_buf[off..n], &mut self.send_buf[start..]) {
                     Ok(s) => {
                         self.queue_segments(start, s, to);
                         self.send_used += s.total;
@@ -317,7 +318,7 @@ impl Worker {
 
     /// Queue `s.count` segments at `start` as UDP_SEGMENT messages (or one datagram each when the
     /// socket cannot segment).
-    fn queue_segments(&mut self, start: usize, s: gso::Segments, to: std::net::SocketAddrV4) {
+    fn queue_segments(&mut self, start: usize, s: Segments, to: std::net::SocketAddrV4) {
         let per_msg = if self.sock.gso {
             (GSO_MSG_MAX / s.seg_len).clamp(1, GSO_MAX_SEGMENTS)
         } else {

@@ -9,24 +9,12 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::backend::BackendError;
-use crate::kernel::{Addr, AddrFlags, KernelError, Link, MacAddr, Netlink, VxlanSpec};
+use crate::backend::device_addr::{ensure_device_address, ensure_device_up, kernel_err};
+use crate::kernel::{Addr, Link, MacAddr, Netlink, VxlanSpec};
 
-/// Which family a device carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    /// 4 or 6, for messages.
-    pub fn version(self) -> u8 {
-        match self {
-            Family::V4 => 4,
-            Family::V6 => 6,
-        }
-    }
-}
+// The device-address rules live in `backend::device_addr` (shared with ipip, wireguard, udp);
+// re-exported here for the code that still names them by this path (`tools::doctor`).
+pub use crate::backend::device_addr::{Family, device_address, stale_addresses};
 
 /// The reasons an existing link cannot serve as the wanted vxlan device (empty: adopt it).
 /// Upstream's list: link type, VNI, vtep device index (when both set), local address (when both
@@ -84,39 +72,6 @@ pub fn random_mac() -> MacAddr {
     let mut b: [u8; 6] = rand::random();
     b[0] = (b[0] & 0xfe) | 0x02;
     MacAddr(b)
-}
-
-/// The address the device carries for the own lease: the subnet's network address as /32 (/128).
-pub fn device_address(subnet: IpNet) -> (IpAddr, u8) {
-    let prefix = if subnet.addr().is_ipv4() { 32 } else { 128 };
-    (subnet.network(), prefix)
-}
-
-fn is_link_local_v6(ip: &IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-}
-
-/// The addresses to remove from the device so that only `wanted` remains of the ones we manage:
-/// IPv4 — other IPv4 addresses inside `network` (addresses outside it are kept); IPv6 — every
-/// other IPv6 address except link-local ones.
-pub fn stale_addresses(
-    family: Family,
-    on_device: &[Addr],
-    wanted: (IpAddr, u8),
-    network: Option<IpNet>,
-) -> Vec<&Addr> {
-    on_device
-        .iter()
-        .filter(|a| (a.ip, a.prefix_len) != wanted)
-        .filter(|a| match family {
-            Family::V4 => a.ip.is_ipv4() && network.is_some_and(|n| n.contains(&a.ip)),
-            Family::V6 => a.ip.is_ipv6() && !is_link_local_v6(&a.ip),
-        })
-        .collect()
-}
-
-pub(super) fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
-    move |source| BackendError::Kernel { step, source }
 }
 
 /// One vxlan device of the backend.
@@ -216,50 +171,8 @@ impl Device {
         addrs: &[Addr],
     ) -> Result<(), BackendError> {
         let name = &self.name;
-        let on_device: Vec<Addr> = addrs.iter().filter(|a| a.index == self.index).cloned().collect();
-        let wanted = device_address(subnet);
-        for stale in stale_addresses(self.family, &on_device, wanted, self.network) {
-            tracing::info!(device = %name, address = %format!("{}/{}", stale.ip, stale.prefix_len),
-                "removing stale address from vxlan device");
-            match k.del_addr(stale).await {
-                Err(e) if !e.is_not_found() && e.errno() != Some(libc::EADDRNOTAVAIL) => {
-                    return Err(kernel_err(format!(
-                        "removing address {}/{} from {name}",
-                        stale.ip, stale.prefix_len
-                    ))(e));
-                }
-                _ => {}
-            }
-        }
-        if !on_device.iter().any(|a| (a.ip, a.prefix_len) == wanted) {
-            let addr = Addr {
-                index: self.index,
-                ip: wanted.0,
-                prefix_len: wanted.1,
-                flags: AddrFlags::default(),
-            };
-            match k.add_addr(&addr).await {
-                Err(e) if !e.is_exists() => {
-                    return Err(kernel_err(format!(
-                        "adding address {}/{} to {name}",
-                        wanted.0, wanted.1
-                    ))(e));
-                }
-                _ => {}
-            }
-        }
-        let link = k
-            .link_by_name(name)
-            .await
-            .map_err(kernel_err(format!("looking up vxlan device {name}")))?
-            .ok_or_else(|| {
-                BackendError::Config(format!("vxlan device {name} vanished while configuring it"))
-            })?;
-        if !link.up {
-            k.set_link_up(link.index)
-                .await
-                .map_err(kernel_err(format!("setting {name} up")))?;
-        }
+        ensure_device_address(k, name, self.index, addrs, subnet, self.network).await?;
+        let link = ensure_device_up(k, name, &format!("vxlan device {name}")).await?;
         if link.mac != Some(self.mac) {
             let got = link.mac.map(|m| m.to_string()).unwrap_or_else(|| "none".into());
             return Err(BackendError::Config(format!(

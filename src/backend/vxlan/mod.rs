@@ -25,8 +25,9 @@ pub mod observe;
 #[cfg(test)]
 mod tests;
 
+pub use crate::backend::device_addr::Family;
 use device::Device;
-pub use device::{Family, incompatibilities, random_mac};
+pub use device::{incompatibilities, random_mac};
 
 /// VXLAN encapsulation overhead the device MTU leaves below the configured MTU (also for IPv6, as
 /// upstream).
@@ -266,10 +267,9 @@ impl VxlanBackend {
             })?;
             let addrs = match &mut addrs {
                 Some(addrs) => addrs,
-                None => addrs.insert(k.addrs().await.map_err(device::kernel_err(format!(
-                    "listing addresses of {}",
-                    self.device_names().join(", ")
-                )))?),
+                None => addrs.insert(k.addrs().await.map_err(crate::backend::device_addr::kernel_err(
+                    format!("listing addresses of {}", self.device_names().join(", ")),
+                ))?),
             };
             dev.configure(k, subnet, addrs).await?;
         }

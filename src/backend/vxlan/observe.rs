@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::VxlanBackend;
-use super::device::{Family, device_address, incompatibilities};
+use super::device::incompatibilities;
+use crate::backend::device_addr::{Family, device_address};
 use crate::kernel::{Link, VxlanSpec};
 use crate::lease::Lease;
 

@@ -41,6 +41,11 @@ impl WgError {
             message: message.to_string(),
         }
     }
+
+    /// A kernel error at `step` (which names the object), for `map_err`.
+    pub fn kernel(step: String) -> impl FnOnce(KernelError) -> WgError {
+        move |source| WgError::Kernel { step, source }
+    }
 }
 
 /// A peer as a device reports it.

@@ -21,10 +21,6 @@ impl KernelWireguard {
     }
 }
 
-fn kernel_err(step: String) -> impl FnOnce(crate::kernel::KernelError) -> WgError {
-    move |source| WgError::Kernel { step, source }
-}
-
 #[async_trait::async_trait]
 impl WireguardDevice for KernelWireguard {
     fn implementation(&self) -> Implementation {
@@ -35,20 +31,20 @@ impl WireguardDevice for KernelWireguard {
         let existing = k
             .link_by_name(name)
             .await
-            .map_err(kernel_err(format!("looking up WireGuard device {name}")))?;
+            .map_err(WgError::kernel(format!("looking up WireGuard device {name}")))?;
         if let Some(link) = existing {
             if link.kind.as_deref() == Some("wireguard") {
                 if link.mtu != mtu {
                     k.set_link_mtu(link.index, mtu)
                         .await
-                        .map_err(kernel_err(format!("setting the MTU of {name} to {mtu}")))?;
+                        .map_err(WgError::kernel(format!("setting the MTU of {name} to {mtu}")))?;
                 }
                 return Ok(EnsuredLink { link, created: false });
             }
             tracing::warn!(device = %name, kind = ?link.kind, "a link of another kind has the WireGuard device's name; replacing it");
             match k.delete_link(link.index).await {
                 Err(e) if !e.is_not_found() => {
-                    return Err(kernel_err(format!(
+                    return Err(WgError::kernel(format!(
                         "deleting link {name} of kind {:?}",
                         link.kind
                     ))(e));
@@ -59,7 +55,7 @@ impl WireguardDevice for KernelWireguard {
         let link = k
             .create_wireguard(name, mtu)
             .await
-            .map_err(kernel_err(format!("creating WireGuard device {name}")))?;
+            .map_err(WgError::kernel(format!("creating WireGuard device {name}")))?;
         tracing::info!(device = %name, index = link.index, mtu, "created kernel WireGuard device");
         Ok(EnsuredLink { link, created: true })
     }

@@ -18,13 +18,13 @@ use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 
+use crate::backend::device_addr::{ensure_device_address, ensure_device_up, kernel_err};
 use crate::backend::peers::{PeerEntry, PeerTable, PresharedKey};
-use crate::backend::vxlan::device::{Family, device_address, stale_addresses};
 use crate::backend::{
     Backend, BackendError, DataPathMetrics, Entry, ExternalInterface, Ownership, Underlay, WarnOnce,
     own_subnets,
 };
-use crate::kernel::{Addr, AddrFlags, KernelError, Netlink, RT_SCOPE_LINK, Route};
+use crate::kernel::{Netlink, RT_SCOPE_LINK, Route};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::{NetConf, WireguardConfig, WireguardImplementation};
 
@@ -70,10 +70,6 @@ impl WgPaths {
             uapi_dir: PathBuf::from(userspace::UAPI_DIR),
         }
     }
-}
-
-fn kernel_err(step: String) -> impl FnOnce(KernelError) -> BackendError {
-    move |source| BackendError::Kernel { step, source }
 }
 
 fn wg_err(e: device::WgError) -> BackendError {
@@ -266,7 +262,7 @@ impl WireguardBackend {
         for layout in &self.layouts {
             let name = layout.name;
             let index = self.slot_index(name);
-            let on_device: Vec<Addr> = addrs.iter().filter(|a| a.index == index).cloned().collect();
+            // Every subnet first: a lease that lacks one changes nothing on the device.
             let mut wanted = Vec::new();
             if layout.v4 {
                 let subnet = own.subnet.ok_or_else(|| {
@@ -274,7 +270,7 @@ impl WireguardBackend {
                         "configuring {name}: IPv4 is enabled but the lease has no IPv4 subnet"
                     ))
                 })?;
-                wanted.push((Family::V4, device_address(IpNet::V4(subnet)), self.network_v4));
+                wanted.push((IpNet::V4(subnet), self.network_v4));
             }
             if layout.v6 {
                 let subnet = own.ipv6_subnet.ok_or_else(|| {
@@ -282,50 +278,12 @@ impl WireguardBackend {
                         "configuring {name}: IPv6 is enabled but the lease has no IPv6 subnet"
                     ))
                 })?;
-                wanted.push((Family::V6, device_address(IpNet::V6(subnet)), self.network_v6));
+                wanted.push((IpNet::V6(subnet), self.network_v6));
             }
-            for (family, want, network) in wanted {
-                for stale in stale_addresses(family, &on_device, want, network) {
-                    match k.del_addr(stale).await {
-                        Err(e) if !e.is_not_found() && e.errno() != Some(libc::EADDRNOTAVAIL) => {
-                            return Err(kernel_err(format!(
-                                "removing address {}/{} from {name}",
-                                stale.ip, stale.prefix_len
-                            ))(e));
-                        }
-                        _ => {}
-                    }
-                }
-                if !on_device.iter().any(|a| (a.ip, a.prefix_len) == want) {
-                    let addr = Addr {
-                        index,
-                        ip: want.0,
-                        prefix_len: want.1,
-                        flags: AddrFlags::default(),
-                    };
-                    match k.add_addr(&addr).await {
-                        Err(e) if !e.is_exists() => {
-                            return Err(kernel_err(format!(
-                                "adding address {}/{} to {name}",
-                                want.0, want.1
-                            ))(e));
-                        }
-                        _ => {}
-                    }
-                }
+            for (subnet, network) in wanted {
+                ensure_device_address(k, name, index, &addrs, subnet, network).await?;
             }
-            let link = k
-                .link_by_name(name)
-                .await
-                .map_err(kernel_err(format!("looking up {name}")))?
-                .ok_or_else(|| {
-                    BackendError::Config(format!("WireGuard device {name} vanished while configuring it"))
-                })?;
-            if !link.up {
-                k.set_link_up(link.index)
-                    .await
-                    .map_err(kernel_err(format!("setting {name} up")))?;
-            }
+            ensure_device_up(k, name, &format!("WireGuard device {name}")).await?;
         }
         Ok(())
     }

@@ -101,6 +101,26 @@ impl RtNetlink {
         self.exchange(msg, op, object, true).await
     }
 
+    /// Sends the request `op` that creates the device `name`, and returns the link the kernel
+    /// made (looked up by name: the creation answer carries no link).
+    async fn create_link(
+        &self,
+        msg: NetlinkMessage<RouteNetlinkMessage>,
+        op: &str,
+        name: &str,
+    ) -> KResult<Link> {
+        self.request(msg, op, name).await?;
+        match self.link_by_name(name).await? {
+            Some(link) => Ok(link),
+            None => Err(failed(
+                op,
+                name,
+                "device vanished right after creation".into(),
+                None,
+            )),
+        }
+    }
+
     /// Lists `what` ("links", "IPv4 routes", ...). A dump answer may legitimately be empty: the
     /// stream then ends right after NLMSG_DONE.
     async fn dump(
@@ -339,45 +359,22 @@ impl Netlink for RtNetlink {
     }
 
     async fn create_vxlan(&self, spec: &VxlanSpec) -> KResult<Link> {
-        let op = "creating vxlan device";
-        self.request(encode::new_vxlan(spec), op, &spec.name).await?;
-        match self.link_by_name(&spec.name).await? {
-            Some(link) => Ok(link),
-            None => Err(failed(
-                op,
-                &spec.name,
-                "device vanished right after creation".into(),
-                None,
-            )),
-        }
+        self.create_link(encode::new_vxlan(spec), "creating vxlan device", &spec.name)
+            .await
     }
 
     async fn create_ipip(&self, spec: &IpipSpec) -> KResult<Link> {
-        let op = "creating ipip device";
-        self.request(encode::new_ipip(spec), op, &spec.name).await?;
-        match self.link_by_name(&spec.name).await? {
-            Some(link) => Ok(link),
-            None => Err(failed(
-                op,
-                &spec.name,
-                "device vanished right after creation".into(),
-                None,
-            )),
-        }
+        self.create_link(encode::new_ipip(spec), "creating ipip device", &spec.name)
+            .await
     }
 
     async fn create_wireguard(&self, name: &str, mtu: u32) -> KResult<Link> {
-        let op = "creating wireguard device";
-        self.request(encode::new_wireguard(name, mtu), op, name).await?;
-        match self.link_by_name(name).await? {
-            Some(link) => Ok(link),
-            None => Err(failed(
-                op,
-                name,
-                "device vanished right after creation".into(),
-                None,
-            )),
-        }
+        self.create_link(
+            encode::new_wireguard(name, mtu),
+            "creating wireguard device",
+            name,
+        )
+        .await
     }
 
     async fn delete_link(&self, index: u32) -> KResult<()> {

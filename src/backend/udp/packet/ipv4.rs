@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::checksum;
+use crate::backend::offload::checksum;
 
 pub const IPV4_MIN_HEADER: usize = 20;
 pub const PROTO_ICMP: u8 = 1;
@@ -269,15 +269,6 @@ pub fn decrement_ttl(pkt: &mut [u8]) -> Result<u8, u8> {
     Ok(ttl - 1)
 }
 
-/// Recompute the IPv4 header checksum of `pkt` (header length from IHL).
-pub fn set_header_checksum(pkt: &mut [u8]) {
-    let hl = usize::from(pkt[0] & 0x0f) * 4;
-    pkt[10] = 0;
-    pkt[11] = 0;
-    let c = checksum::checksum(&pkt[..hl], 0);
-    pkt[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
 /// True for ICMP messages that must never trigger an ICMP error (RFC 1812 4.3.2.7: errors, and
 /// unknown types); ICMP queries such as echo requests may.
 fn is_icmp_error_or_unknown(pkt: &[u8], h: &Ipv4Header) -> bool {
@@ -315,7 +306,7 @@ pub fn icmp_net_unreachable(orig: &[u8], src: Ipv4Addr, out: &mut Vec<u8>) -> Op
     ip[9] = PROTO_ICMP;
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&h.src.octets());
-    set_header_checksum(out);
+    checksum::set_ipv4_header(out);
     let icmp = &mut out[IPV4_MIN_HEADER..];
     icmp[0] = 3; // destination unreachable
     icmp[1] = 0; // net unreachable

@@ -3,14 +3,14 @@
 
 use std::net::Ipv4Addr;
 
-use super::checksum;
 use super::ipv4::*;
+use crate::backend::offload::checksum;
 
-pub(super) const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 5);
-pub(super) const DST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 7);
+pub(crate) const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 5);
+pub(crate) const DST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 7);
 
 /// An IPv4 header (with `options`, a multiple of 4 bytes) followed by `l4`, all checksums right.
-pub(super) fn ipv4_packet(
+pub(crate) fn ipv4_packet(
     src: Ipv4Addr,
     dst: Ipv4Addr,
     proto: u8,
@@ -31,12 +31,12 @@ pub(super) fn ipv4_packet(
     p[16..20].copy_from_slice(&dst.octets());
     p[20..hl].copy_from_slice(options);
     p[hl..].copy_from_slice(l4);
-    set_header_checksum(&mut p);
+    checksum::set_ipv4_header(&mut p);
     p
 }
 
 /// A TCP segment (ACK plus `flags`) with `payload` and an optional timestamp option.
-pub(super) fn tcp_packet(seq: u32, flags: u8, payload: &[u8], ip_options: &[u8], ts: bool) -> Vec<u8> {
+pub(crate) fn tcp_packet(seq: u32, flags: u8, payload: &[u8], ip_options: &[u8], ts: bool) -> Vec<u8> {
     let thl = if ts { 32 } else { 20 };
     let mut t = vec![0u8; thl + payload.len()];
     t[0..2].copy_from_slice(&40000u16.to_be_bytes());
@@ -60,7 +60,7 @@ pub(super) fn tcp_packet(seq: u32, flags: u8, payload: &[u8], ip_options: &[u8],
     p
 }
 
-pub(super) fn policy() -> ReceivePolicy {
+pub(crate) fn policy() -> ReceivePolicy {
     ReceivePolicy {
         own_subnet: "198.18.1.0/24".parse().unwrap(),
         network: "198.18.0.0/16".parse().unwrap(),

@@ -13,12 +13,13 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use crate::backend::peers::WgKey;
+use crate::backend::tun::TunQueue;
 
 use super::super::device::{DeviceInfo, DeviceUpdate, WgError, apply_update};
 use super::super::metrics::WgMetrics;
 use super::peer::{AllowedIps, HANDSHAKE_RATE_LIMIT, Peer, Snapshot};
-use super::tun::{TunQueue, Waker};
 use super::udp::{UdpSock, bind_group};
+use super::waker::Waker;
 use super::worker::{self, Shared};
 
 /// The running threads and their descriptors.

@@ -1,9 +1,10 @@
 //! The userspace implementation of the `WireguardDevice` seam, for kernels without the
-//! WireGuard module: a persistent TUN device with the device's name (address, MTU and routes
-//! are set by the backend and the reconciler as for the kernel device), the WireGuard protocol
-//! through boringtun's `noise` state machine (`peer`, `worker`), batched UDP (`udp`), TUN
-//! offloads (`offload`), and the standard UAPI socket `/run/wireguard/<name>.sock` (`uapi`,
-//! `uapi_server`) so `wg show` and `wg set` work as with the kernel module.
+//! WireGuard module: a persistent TUN device with the device's name (opened through
+//! `backend::tun`; address, MTU and routes are set by the backend and the reconciler as for the
+//! kernel device), the WireGuard protocol through boringtun's `noise` state machine (`peer`,
+//! `worker`), batched UDP (`udp`), TUN offloads (the shared `backend::offload`), and the standard
+//! UAPI socket `/run/wireguard/<name>.sock` (`uapi`, `uapi_server`) so `wg show` and `wg set`
+//! work as with the kernel module.
 //!
 //! It must not decide anything about peers: it applies updates, with the kernel module's
 //! semantics (`device::apply_update`), and reports its state. A `wg set` on the socket is
@@ -16,18 +17,18 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use crate::backend::tun::{QueueOptions, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TunError, TunQueue};
 use crate::kernel::Netlink;
 
 use super::device::{DeviceInfo, DeviceUpdate, EnsuredLink, Implementation, WgError, WireguardDevice};
 use super::metrics::WgMetrics;
 
 pub mod instance;
-pub mod offload;
 pub mod peer;
-pub mod tun;
 pub mod uapi;
 pub mod uapi_server;
 pub mod udp;
+pub mod waker;
 pub mod worker;
 
 use instance::Instance;
@@ -92,8 +93,20 @@ impl Drop for UserspaceWireguard {
     }
 }
 
-fn kernel_err(step: String) -> impl FnOnce(crate::kernel::KernelError) -> WgError {
-    move |source| WgError::Kernel { step, source }
+/// Open `count` queues (at least one) of the TUN device `name` with a `virtio_net_hdr` on every
+/// packet, creating a persistent device or attaching to the one a previous run left. The first
+/// queue makes the device persistent and enables checksum and TCP segmentation offload before
+/// the others attach, so a failure on a later queue still leaves the device in place.
+fn open_tun(name: &str, count: usize) -> Result<Vec<TunQueue>, TunError> {
+    let opts = QueueOptions { vnet_hdr: true };
+    let first = TunQueue::open(name, opts)?;
+    first.set_persist(true)?;
+    first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)?;
+    let mut queues = vec![first];
+    for _ in 1..count.max(1) {
+        queues.push(TunQueue::open(name, opts)?);
+    }
+    Ok(queues)
 }
 
 #[async_trait::async_trait]
@@ -106,7 +119,7 @@ impl WireguardDevice for UserspaceWireguard {
         let existing = k
             .link_by_name(name)
             .await
-            .map_err(kernel_err(format!("looking up WireGuard device {name}")))?;
+            .map_err(WgError::kernel(format!("looking up WireGuard device {name}")))?;
         let instance = self.instance(name);
         // Our own TUN, still there: nothing to do but the MTU.
         if let (Some(inst), Some(link)) = (&instance, &existing)
@@ -115,7 +128,7 @@ impl WireguardDevice for UserspaceWireguard {
             if link.mtu != mtu {
                 k.set_link_mtu(link.index, mtu)
                     .await
-                    .map_err(kernel_err(format!("setting the MTU of {name} to {mtu}")))?;
+                    .map_err(WgError::kernel(format!("setting the MTU of {name} to {mtu}")))?;
             }
             return Ok(EnsuredLink {
                 link: link.clone(),
@@ -131,25 +144,25 @@ impl WireguardDevice for UserspaceWireguard {
                 tracing::warn!(device = %name, kind = ?link.kind, "replacing a link with the WireGuard device's name");
                 match k.delete_link(link.index).await {
                     Err(e) if !e.is_not_found() => {
-                        return Err(kernel_err(format!("deleting link {name}"))(e));
+                        return Err(WgError::kernel(format!("deleting link {name}"))(e));
                     }
                     _ => {}
                 }
             }
         }
-        let queues = tun::open_queues(name, Self::queues())
-            .map_err(|e| WgError::device("opening TUN queues for", name, e))?;
+        let queues =
+            open_tun(name, Self::queues()).map_err(|e| WgError::device("opening TUN queues for", name, e))?;
         let link = k
             .link_by_name(name)
             .await
-            .map_err(kernel_err(format!("looking up WireGuard device {name}")))?
+            .map_err(WgError::kernel(format!("looking up WireGuard device {name}")))?
             .ok_or_else(|| {
                 WgError::device("creating", name, "the TUN device vanished right after creation")
             })?;
         if link.mtu != mtu {
             k.set_link_mtu(link.index, mtu)
                 .await
-                .map_err(kernel_err(format!("setting the MTU of {name} to {mtu}")))?;
+                .map_err(WgError::kernel(format!("setting the MTU of {name} to {mtu}")))?;
         }
         let inst = match instance {
             Some(inst) => inst,

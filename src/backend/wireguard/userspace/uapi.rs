@@ -98,6 +98,24 @@ fn boolean(line: usize, key: &str, value: &str) -> Result<bool, UapiError> {
     }
 }
 
+fn hex_key(line: usize, key: &str, value: &str) -> Result<[u8; 32], UapiError> {
+    parse_hex_key(value).ok_or_else(|| bad(line, key, "not a 64-digit hex key"))
+}
+
+/// The `key=value` lines of a request or answer body, numbered from 1, up to the empty line.
+fn key_values(body: &str) -> impl Iterator<Item = Result<(usize, &str, &str), UapiError>> {
+    body.lines()
+        .enumerate()
+        .map(|(i, raw)| (i + 1, raw))
+        .take_while(|(_, raw)| !raw.is_empty())
+        .map(|(line, raw)| {
+            let (key, value) = raw
+                .split_once('=')
+                .ok_or_else(|| bad(line, raw.get(..20).unwrap_or(raw), "expected key=value"))?;
+            Ok((line, key, value))
+        })
+}
+
 fn number<T: std::str::FromStr>(line: usize, key: &str, value: &str) -> Result<T, UapiError> {
     value
         .parse()
@@ -108,24 +126,18 @@ fn number<T: std::str::FromStr>(line: usize, key: &str, value: &str) -> Result<T
 pub fn parse_set(body: &str) -> Result<DeviceUpdate, UapiError> {
     let mut update = DeviceUpdate::default();
     let mut peer: Option<PeerUpdate> = None;
-    for (i, raw) in body.lines().enumerate() {
-        let line = i + 1;
-        if raw.is_empty() {
-            break;
-        }
-        let (key, value) = raw
-            .split_once('=')
-            .ok_or_else(|| bad(line, raw.get(..20).unwrap_or(raw), "expected key=value"))?;
+    for kv in key_values(body) {
+        let (line, key, value) = kv?;
         match (key, peer.as_mut()) {
             ("private_key", None) => {
-                let k = parse_hex_key(value).ok_or_else(|| bad(line, key, "not a 64-digit hex key"))?;
+                let k = hex_key(line, key, value)?;
                 update.private_key = Some(Some(PrivateKey::from_raw(k)).filter(|_| k != [0; 32]));
             }
             ("listen_port", None) => update.listen_port = Some(number(line, key, value)?),
             ("fwmark", None) => update.fwmark = Some(number(line, key, value)?),
             ("replace_peers", None) => update.replace_peers = boolean(line, key, value)?,
             ("public_key", _) => {
-                let k = parse_hex_key(value).ok_or_else(|| bad(line, key, "not a 64-digit hex key"))?;
+                let k = hex_key(line, key, value)?;
                 if let Some(done) = peer.take() {
                     update.peers.push(done);
                 }
@@ -137,7 +149,7 @@ pub fn parse_set(body: &str) -> Result<DeviceUpdate, UapiError> {
             ("remove", Some(p)) => p.remove = boolean(line, key, value)?,
             ("update_only", Some(p)) => p.update_only = boolean(line, key, value)?,
             ("preshared_key", Some(p)) => {
-                let k = parse_hex_key(value).ok_or_else(|| bad(line, key, "not a 64-digit hex key"))?;
+                let k = hex_key(line, key, value)?;
                 p.preshared_key = Some(Some(PresharedKey(WgKey(k))).filter(|_| k != [0; 32]));
             }
             ("endpoint", Some(p)) => {
@@ -192,15 +204,9 @@ fn is_peer_key(key: &str) -> bool {
 /// Parse a `get=1` answer body back into a device (tests and tools).
 pub fn parse_get(body: &str) -> Result<DeviceInfo, UapiError> {
     let mut info = DeviceInfo::default();
-    for (i, raw) in body.lines().enumerate() {
-        let line = i + 1;
-        if raw.is_empty() {
-            break;
-        }
-        let (key, value) = raw
-            .split_once('=')
-            .ok_or_else(|| bad(line, raw.get(..20).unwrap_or(raw), "expected key=value"))?;
-        let key_bytes = |v: &str| parse_hex_key(v).ok_or_else(|| bad(line, key, "not a 64-digit hex key"));
+    for kv in key_values(body) {
+        let (line, key, value) = kv?;
+        let key_bytes = |v: &str| hex_key(line, key, v);
         match (key, info.peers.last_mut()) {
             ("private_key", None) => info.private_key = Some(PrivateKey::from_raw(key_bytes(value)?)),
             ("listen_port", None) => info.listen_port = number(line, key, value)?,

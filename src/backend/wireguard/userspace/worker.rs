@@ -1,9 +1,10 @@
 //! The packet threads of one userspace device. Each thread owns one TUN queue and one UDP
 //! socket (the kernel spreads flows over TUN queues and peers over SO_REUSEPORT sockets, so
 //! encryption and decryption run on every core) and loops: poll, read a batch from the TUN
-//! (super-packets split by `offload`), encrypt, send in GSO batches; receive a batch of
-//! datagrams (GRO), authenticate and decrypt, coalesce and write to the TUN. A timer thread
-//! drives handshake retries, keepalives and the handshake rate limiter.
+//! (super-packets split by the shared `backend::offload`), encrypt, send in GSO batches; receive
+//! a batch of datagrams (GRO), authenticate and decrypt, coalesce (`backend::offload` again) and
+//! write to the TUN. A timer thread drives handshake retries, keepalives and the handshake rate
+//! limiter.
 //!
 //! The threads read the device's `Snapshot` once per batch and never wait on the control plane.
 //! Every buffer is allocated once per thread; nothing from the network grows memory: the state
@@ -11,6 +12,8 @@
 //! limit are answered with cookies.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -19,13 +22,16 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
 
+use crate::backend::offload::{
+    self, Coalescer, GSO_TCPV4, GSO_TCPV6, Integrity, MAX_SUPER_PACKET, Segmenting, VNET_HDR_LEN, VnetHdr,
+};
 use crate::backend::peers::WgKey;
+use crate::backend::tun::TunQueue;
 
 use super::super::metrics::{DataPathCounters, WgMetrics};
-use super::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use super::peer::{Peer, Snapshot};
-use super::tun::{TunQueue, Waker};
 use super::udp::{SendBatch, UdpSock};
+use super::waker::Waker;
 
 /// WireGuard adds 32 bytes to each packet; a handshake initiation is 148 bytes.
 const WG_OVERHEAD: usize = 32;
@@ -34,6 +40,22 @@ const MIN_OUT: usize = 148;
 const TUN_READS_PER_ROUND: usize = 16;
 const UDP_MESSAGES: usize = 16;
 const RECV_BUFFER: usize = 65_536;
+/// Decrypted packets waiting to be coalesced: they are written once a super-packet's worth is
+/// there (as soon as the old one-flow coalescer wrote), and there is always room for one whole
+/// datagram (or a handshake reply) more.
+const PLAIN_BUFFER: usize = MAX_SUPER_PACKET + RECV_BUFFER + MIN_OUT;
+
+/// The device is offered TSO over IPv4 and IPv6 (`open_tun`), so those are the super-packets the
+/// kernel hands us. The TTL is left alone: the device is an ordinary interface, and the kernel
+/// decremented the TTL when it routed the packet into it.
+pub const SEGMENTING: Segmenting = Segmenting {
+    gso_types: &[GSO_TCPV4, GSO_TCPV6],
+    decrement_ttl: false,
+};
+
+/// Every received packet was authenticated (ChaCha20-Poly1305) before it is coalesced: no bit
+/// changed since the sender computed its checksums, so they are not verified a second time.
+pub const INTEGRITY: Integrity = Integrity::Authenticated;
 /// How often the timer thread runs the state machines' timers.
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
 
@@ -74,6 +96,66 @@ fn send_one(sock: &UdpSock, dst: SocketAddr, bytes: &[u8], scratch: &mut SendBat
     scratch.clear();
 }
 
+/// Decrypted packets of a receive round, back to back, until they are coalesced and written to
+/// the TUN device.
+struct Plaintexts {
+    buf: Vec<u8>,
+    used: usize,
+    packets: Vec<Range<usize>>,
+    coalescer: Coalescer,
+    out: Vec<u8>,
+    items: Vec<Range<usize>>,
+}
+
+impl Plaintexts {
+    fn new() -> Plaintexts {
+        Plaintexts {
+            buf: vec![0; PLAIN_BUFFER],
+            used: 0,
+            packets: Vec::new(),
+            coalescer: Coalescer::new(INTEGRITY),
+            out: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Where the next datagram is decrypted (or a handshake reply built).
+    fn tail(&mut self) -> &mut [u8] {
+        &mut self.buf[self.used..]
+    }
+
+    fn room(&self) -> usize {
+        self.buf.len() - self.used
+    }
+
+    /// Keep the `len` bytes at the start of `tail()` (boringtun decrypts to the start of the
+    /// buffer it is given) as one packet for the TUN device.
+    fn keep(&mut self, len: usize) {
+        self.packets.push(self.used..self.used + len);
+        self.used += len;
+    }
+
+    /// Coalesce the packets kept so far and write them to the TUN device.
+    fn write(&mut self, tun: &TunQueue, c: &DataPathCounters) {
+        if !self.packets.is_empty() {
+            let (buf, packets) = (&self.buf, &self.packets);
+            self.coalescer.coalesce_by(
+                packets.len(),
+                |i| &buf[packets[i].clone()],
+                &mut self.out,
+                &mut self.items,
+            );
+            for r in &self.items {
+                if tun.write(&self.out[r.clone()]).is_err() {
+                    add(&c.io_errors, 1);
+                }
+            }
+        }
+        self.packets.clear();
+        self.used = 0;
+    }
+}
+
 /// One packet thread's buffers.
 struct Buffers {
     tun_read: Vec<u8>,
@@ -82,23 +164,21 @@ struct Buffers {
     control: SendBatch,
     recv: Vec<Vec<u8>>,
     recv_meta: Vec<(SocketAddr, usize, usize)>,
-    plain: Vec<u8>,
+    plain: Plaintexts,
     cookie: Vec<u8>,
-    coalescer: Coalescer,
 }
 
 impl Buffers {
     fn new() -> Buffers {
         Buffers {
-            tun_read: vec![0; VNET_HDR_LEN + offload::MAX_SUPER_PACKET],
-            scratch: vec![0; offload::MAX_SUPER_PACKET],
+            tun_read: vec![0; VNET_HDR_LEN + MAX_SUPER_PACKET],
+            scratch: vec![0; MAX_SUPER_PACKET],
             out: SendBatch::default(),
             control: SendBatch::default(),
             recv: (0..UDP_MESSAGES).map(|_| vec![0; RECV_BUFFER]).collect(),
             recv_meta: Vec::with_capacity(UDP_MESSAGES),
-            plain: vec![0; RECV_BUFFER + MIN_OUT],
+            plain: Plaintexts::new(),
             cookie: vec![0; 256],
-            coalescer: Coalescer::default(),
         }
     }
 }
@@ -119,7 +199,7 @@ pub fn run(
         }
         let mut fds = [
             libc::pollfd {
-                fd: if tun_alive { tun.raw() } else { -1 },
+                fd: if tun_alive { tun.as_raw_fd() } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -173,12 +253,14 @@ fn tun_round(shared: &Shared, snap: &Snapshot, tun: &TunQueue, sock: &UdpSock, b
                 break;
             }
         };
-        let Ok(hdr) = VnetHdr::parse(&b.tun_read[..n]) else {
+        let Some(hdr) = VnetHdr::decode(&b.tun_read[..n]) else {
             continue;
         };
         let (_, pkt) = b.tun_read[..n].split_at_mut(VNET_HDR_LEN);
         let out = &mut b.out;
-        let result = offload::split(&hdr, pkt, &mut b.scratch, |seg| encrypt(snap, c, seg, out));
+        let result = offload::split(&hdr, pkt, &mut b.scratch, &SEGMENTING, |seg| {
+            encrypt(snap, c, seg, out)
+        });
         if result.is_err() {
             add(&c.tx_no_peer, 1);
         }
@@ -229,33 +311,26 @@ fn udp_round(shared: &Shared, snap: &Snapshot, tun: &TunQueue, sock: &UdpSock, b
             return;
         }
     };
-    let mut write = |bytes: &[u8]| {
-        if tun.write(bytes).is_err() {
-            add(&c.io_errors, 1);
-        }
-    };
     for i in 0..got {
         let (src, len, seg) = b.recv_meta[i];
         let mut off = 0;
         while off < len {
             let end = (off + seg).min(len);
+            if b.plain.room() < RECV_BUFFER + MIN_OUT {
+                b.plain.write(tun, c);
+            }
             let datagram = &b.recv[i][off..end];
             off = end;
-            let parts = (
-                &mut b.plain[..],
-                &mut b.cookie[..],
-                &mut b.control,
-                &mut b.coalescer,
-            );
-            handle_datagram(snap, c, sock, src, datagram, parts, &mut write);
+            let parts = (&mut b.plain, &mut b.cookie[..], &mut b.control);
+            handle_datagram(snap, c, sock, src, datagram, parts);
         }
     }
-    b.coalescer.flush(&mut write);
+    b.plain.write(tun, c);
 }
 
-/// A packet thread's buffers for one datagram: plaintext, cookie reply, control sends, TUN
-/// coalescer.
-type Parts<'a> = (&'a mut [u8], &'a mut [u8], &'a mut SendBatch, &'a mut Coalescer);
+/// A packet thread's buffers for one datagram: plaintexts for the TUN device, cookie reply,
+/// control sends.
+type Parts<'a> = (&'a mut Plaintexts, &'a mut [u8], &'a mut SendBatch);
 
 /// Which peer a verified message is for.
 fn peer_for<'s>(snap: &'s Snapshot, packet: &Packet<'_>) -> Option<&'s Arc<Peer>> {
@@ -277,8 +352,7 @@ fn handle_datagram(
     sock: &UdpSock,
     src: SocketAddr,
     datagram: &[u8],
-    (plain, cookie, control, coalescer): Parts<'_>,
-    write: &mut impl FnMut(&[u8]),
+    (plain, cookie, control): Parts<'_>,
 ) {
     if snap.keys.is_none() {
         add(&c.rx_invalid, 1);
@@ -305,15 +379,17 @@ fn handle_datagram(
     if !is_data {
         add(&c.handshakes, 1);
     }
-    let result = peer.lock_tunn().decapsulate(Some(src.ip()), datagram, plain);
-    match result {
+    let result = peer
+        .lock_tunn()
+        .decapsulate(Some(src.ip()), datagram, plain.tail());
+    let kept = match result {
         TunnResult::WriteToNetwork(reply) => {
             peer.set_endpoint(src);
             let reply = reply.to_vec();
             send_one(sock, src, &reply, control);
             // Packets queued while the handshake ran go out now.
             loop {
-                let queued = peer.lock_tunn().decapsulate(None, &[], plain);
+                let queued = peer.lock_tunn().decapsulate(None, &[], plain.tail());
                 match queued {
                     TunnResult::WriteToNetwork(p) => {
                         let p = p.to_vec();
@@ -322,20 +398,27 @@ fn handle_datagram(
                     _ => break,
                 }
             }
+            None
         }
-        TunnResult::WriteToTunnelV4(p, ip) => {
-            deliver(snap, c, peer, src, IpAddr::V4(ip), p, coalescer, write)
+        TunnResult::WriteToTunnelV4(p, ip) => deliver(snap, c, peer, src, IpAddr::V4(ip), p),
+        TunnResult::WriteToTunnelV6(p, ip) => deliver(snap, c, peer, src, IpAddr::V6(ip), p),
+        TunnResult::Done => {
+            peer.set_endpoint(src);
+            None
         }
-        TunnResult::WriteToTunnelV6(p, ip) => {
-            deliver(snap, c, peer, src, IpAddr::V6(ip), p, coalescer, write)
+        TunnResult::Err(WireGuardError::DuplicateCounter) => None,
+        TunnResult::Err(_) => {
+            add(&c.rx_invalid, 1);
+            None
         }
-        TunnResult::Done => peer.set_endpoint(src),
-        TunnResult::Err(WireGuardError::DuplicateCounter) => {}
-        TunnResult::Err(_) => add(&c.rx_invalid, 1),
+    };
+    if let Some(len) = kept {
+        plain.keep(len);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Account a decrypted packet from `peer`; its length when it goes to the TUN device, `None`
+/// when cryptokey routing refuses it.
 fn deliver(
     snap: &Snapshot,
     c: &DataPathCounters,
@@ -343,22 +426,20 @@ fn deliver(
     src: SocketAddr,
     inner_src: IpAddr,
     pkt: &[u8],
-    coalescer: &mut Coalescer,
-    write: &mut impl FnMut(&[u8]),
-) {
+) -> Option<usize> {
     peer.set_endpoint(src);
     // Cryptokey routing: the inner source must be one of the sending peer's allowed IPs.
     match snap.allowed.lookup(inner_src) {
         Some(owner) if Arc::ptr_eq(owner, peer) => {}
         _ => {
             add(&c.rx_not_allowed, 1);
-            return;
+            return None;
         }
     }
     peer.add_rx(pkt.len());
     add(&c.rx_packets, 1);
     add(&c.rx_bytes, pkt.len() as u64);
-    coalescer.push(pkt, write);
+    Some(pkt.len())
 }
 
 /// The timer thread: state machine timers every `TIMER_TICK`, rate limiter reset every second.

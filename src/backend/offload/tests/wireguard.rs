@@ -1,6 +1,49 @@
+//! Unit and property tests of the offloads with the userspace WireGuard device's parameters
+//! (moved from its offload_tests.rs): TSO over IPv4 and IPv6 split into valid segments, TTL
+//! untouched; decrypted segments coalesced (IPv4 and IPv6) and split back to the originals;
+//! malformed requests are errors, never panics.
+
 use proptest::prelude::*;
 
-use super::*;
+use crate::backend::offload::checksum::{self, fold};
+use crate::backend::offload::{
+    Coalescer, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, MAX_SUPER_PACKET, OffloadError,
+    VNET_HDR_LEN, VnetHdr, complete_checksum,
+};
+use crate::backend::wireguard::userspace::worker::{INTEGRITY, SEGMENTING};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_PSH: u8 = 0x08;
+
+fn sum16(data: &[u8], acc: u64) -> u64 {
+    checksum::sum(data, acc)
+}
+
+fn pseudo_sum(pkt: &[u8], v6: bool, proto: u8, l4_len: usize) -> u64 {
+    checksum::pseudo_header_of(pkt, v6, proto, l4_len)
+}
+
+/// Fill in the IPv4 header checksum (unless `v6`) and the TCP checksum of a finished packet.
+fn finish_segment(pkt: &mut [u8], v6: bool, iphl: usize) {
+    if !v6 {
+        checksum::set_ipv4_header(pkt);
+    }
+    pkt[iphl + 16] = 0;
+    pkt[iphl + 17] = 0;
+    let c = checksum::checksum(&pkt[iphl..], pseudo_sum(pkt, v6, 6, pkt.len() - iphl));
+    pkt[iphl + 16..iphl + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The shared `split` with the WireGuard data path's parameters.
+fn split(
+    hdr: &VnetHdr,
+    pkt: &mut [u8],
+    scratch: &mut [u8],
+    emit: impl FnMut(&mut [u8]),
+) -> Result<(), OffloadError> {
+    crate::backend::offload::split(hdr, pkt, scratch, &SEGMENTING, emit)
+}
 
 /// A valid IPv4/TCP packet (checksums filled in).
 fn tcp4(seq: u32, id: u16, flags: u8, payload: &[u8], opts: &[u8]) -> Vec<u8> {
@@ -54,22 +97,19 @@ fn checksum_ok(p: &[u8]) -> bool {
     ip_ok && fold(sum16(&p[iphl..], pseudo_sum(p, v6, 6, p.len() - iphl))) == 0xffff
 }
 
+/// What the WireGuard data path writes to the TUN device for `pkts` (one receive round).
 fn coalesce(pkts: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut c = Coalescer::default();
-    let mut out = Vec::new();
-    let mut w = |b: &[u8]| out.push(b.to_vec());
-    for p in pkts {
-        c.push(p, &mut w);
-    }
-    c.flush(&mut w);
-    out
+    let refs: Vec<&[u8]> = pkts.iter().map(|p| p.as_slice()).collect();
+    let (mut out, mut items) = (Vec::new(), Vec::new());
+    Coalescer::new(INTEGRITY).coalesce(&refs, &mut out, &mut items);
+    items.into_iter().map(|r| out[r].to_vec()).collect()
 }
 
 fn resplit(written: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut scratch = vec![0u8; MAX_SUPER_PACKET];
     for w in written {
-        let hdr = VnetHdr::parse(w).unwrap();
+        let hdr = VnetHdr::decode(w).unwrap();
         let mut pkt = w[VNET_HDR_LEN..].to_vec();
         if hdr.gso_type == GSO_NONE {
             out.push(pkt);
@@ -151,7 +191,7 @@ fn consecutive_segments_coalesce_and_resplit_to_the_originals() {
     ];
     let written = coalesce(&pkts);
     assert_eq!(written.len(), 1);
-    let hdr = VnetHdr::parse(&written[0]).unwrap();
+    let hdr = VnetHdr::decode(&written[0]).unwrap();
     assert_eq!(
         (
             hdr.gso_type,
@@ -173,7 +213,7 @@ fn ipv6_segments_coalesce_too() {
         .collect();
     let written = coalesce(&pkts);
     assert_eq!(written.len(), 1);
-    assert_eq!(VnetHdr::parse(&written[0]).unwrap().gso_type, GSO_TCPV6);
+    assert_eq!(VnetHdr::decode(&written[0]).unwrap().gso_type, GSO_TCPV6);
     assert_eq!(resplit(&written), pkts);
 }
 
@@ -189,7 +229,7 @@ fn gaps_flags_and_other_protocols_break_a_run_in_order() {
     assert_eq!(written.len(), 5);
     for w in &written {
         assert_eq!(
-            VnetHdr::parse(w).unwrap(),
+            VnetHdr::decode(w).unwrap(),
             VnetHdr {
                 flags: F_DATA_VALID,
                 ..VnetHdr::default()
@@ -246,7 +286,7 @@ fn malformed_offload_requests_are_errors_not_panics() {
         split(&udp, &mut p, &mut scratch, |_| {}),
         Err(OffloadError::Unsupported(5))
     );
-    assert!(VnetHdr::parse(&[0; 9]).is_err());
+    assert!(VnetHdr::decode(&[0; 9]).is_none());
 }
 
 proptest! {
@@ -263,11 +303,7 @@ proptest! {
         let mut pkt = data.clone();
         let mut scratch = vec![0u8; MAX_SUPER_PACKET];
         let _ = split(&hdr, &mut pkt, &mut scratch, |_| {});
-        let mut c = Coalescer::default();
-        let mut w = |_: &[u8]| {};
-        c.push(&data, &mut w);
-        c.push(&data, &mut w);
-        c.flush(&mut w);
+        coalesce(&[data.clone(), data]);
     }
 
     #[test]

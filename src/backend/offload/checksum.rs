@@ -1,6 +1,7 @@
-//! The Internet checksum (RFC 1071) over byte buffers, its incremental update (RFC 1624), and the
-//! TCP/UDP pseudo-header sum. Sums are carried unfolded in a `u64` so that long buffers are added
-//! eight bytes at a time; `fold` reduces them to the 16-bit one's-complement value.
+//! The Internet checksum (RFC 1071) over byte buffers, its incremental update (RFC 1624), the
+//! TCP/UDP pseudo-header sum (IPv4 and IPv6) and the IPv4 header checksum. Sums are carried
+//! unfolded in a `u64` so that long buffers are added eight bytes at a time; `fold` reduces them
+//! to the 16-bit one's-complement value. Shared by the offloads and the udp backend's IPv4 code.
 
 use std::net::Ipv4Addr;
 
@@ -58,6 +59,22 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: u32) ->
     let s = u64::from(u32::from(src));
     let d = u64::from(u32::from(dst));
     (s >> 16) + (s & 0xffff) + (d >> 16) + (d & 0xffff) + u64::from(protocol) + u64::from(l4_len)
+}
+
+/// The unfolded pseudo-header sum of the packet in `pkt` (IPv4 when `!v6`, IPv6 otherwise; its
+/// addresses read from the header, which the caller has checked is there).
+pub fn pseudo_header_of(pkt: &[u8], v6: bool, protocol: u8, l4_len: usize) -> u64 {
+    let addrs = if v6 { &pkt[8..40] } else { &pkt[12..20] };
+    sum(addrs, u64::from(protocol) + l4_len as u64)
+}
+
+/// Recompute the IPv4 header checksum of `pkt` (header length from IHL).
+pub fn set_ipv4_header(pkt: &mut [u8]) {
+    let hl = usize::from(pkt[0] & 0x0f) * 4;
+    pkt[10] = 0;
+    pkt[11] = 0;
+    let c = checksum(&pkt[..hl], 0);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// RFC 1624 eqn. 3: the new checksum after one 16-bit word of the covered data changed from `old`
@@ -153,5 +170,9 @@ mod tests {
     fn pseudo_header_sum() {
         let p = pseudo_header(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 2), 6, 20);
         assert_eq!(p, 0xc000 + 0x0201 + 0xc633 + 0x6402 + 6 + 20);
+        let mut pkt = [0u8; 20];
+        pkt[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        pkt[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        assert_eq!(fold(pseudo_header_of(&pkt, false, 6, 20)), fold(p));
     }
 }

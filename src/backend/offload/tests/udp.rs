@@ -1,11 +1,15 @@
-//! Unit tests of the offloads: segmentation of TSO/USO super-packets and coalescing of received
-//! TCP segments (checksums, odd sizes, IP options, non-TCP packets, ordering, limits).
+//! Unit tests of the offloads with the udp backend's parameters (moved from its
+//! tests_offload.rs): segmentation of TSO/USO super-packets and coalescing of received TCP
+//! segments (checksums, odd sizes, IP options, non-TCP packets, ordering, limits).
 
-use super::checksum;
-use super::gro::Coalescer;
-use super::gso::*;
-use super::ipv4::*;
-use super::tests::{DST, SRC, ipv4_packet, tcp_packet};
+use crate::backend::offload::checksum;
+use crate::backend::offload::{
+    Coalescer, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, Segments,
+    VNET_HDR_LEN, VnetHdr,
+};
+use crate::backend::udp::packet::ipv4::*;
+use crate::backend::udp::packet::offload::{INTEGRITY, prepare_single, segment};
+use crate::backend::udp::packet::tests::{DST, SRC, ipv4_packet, tcp_packet};
 
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + 3) as u8).collect()
@@ -230,7 +234,7 @@ fn vnet_header_round_trips() {
 fn coalesce(packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
     let refs: Vec<&[u8]> = packets.iter().map(|p| p.as_slice()).collect();
     let (mut out, mut items) = (Vec::new(), Vec::new());
-    Coalescer::default().coalesce(&refs, &mut out, &mut items);
+    Coalescer::new(INTEGRITY).coalesce(&refs, &mut out, &mut items);
     items
         .into_iter()
         .map(|r| {
