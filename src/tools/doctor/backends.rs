@@ -155,6 +155,22 @@ pub(super) fn is_up_link(kernel: &KernelView, name: &str) -> Option<Link> {
     kernel.links.iter().find(|l| l.name == name).cloned()
 }
 
+/// The sentences for an overlay device that is down or whose MTU is not the one the backend sets:
+/// the same two checks for every backend's device.
+pub(super) fn link_state_problems(name: &str, link: &Link, mtu: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if !link.up {
+        out.push(format!("{name} is down: nothing goes through the overlay"));
+    }
+    if link.mtu != mtu {
+        out.push(format!(
+            "{name} has MTU {}, the backend sets {mtu}: pods may send packets the overlay cannot carry",
+            link.mtu
+        ));
+    }
+    out
+}
+
 /// vxlan: flannel.<VNI> and flannel-v6.<VNI>.
 struct VxlanDoctor {
     backend: VxlanBackend,
@@ -185,22 +201,14 @@ impl VxlanDoctor {
                 dev.incompatible.join("; ")
             ))];
         }
-        let mut out = Vec::new();
-        if !link.up {
-            out.push(problem(format!(
-                "{name} is down: nothing goes through the overlay"
-            )));
-        }
         let allowed_mtu = match dev.family {
             Family::V4 => dev.wanted.mtu,
             Family::V6 => dev.wanted.mtu.min(self.ext.mtu.saturating_sub(VXLAN6_HEADROOM)),
         };
-        if link.mtu != allowed_mtu {
-            out.push(problem(format!(
-                "{name} has MTU {}, the backend sets {allowed_mtu}: pods may send packets the overlay cannot carry",
-                link.mtu
-            )));
-        }
+        let mut out: Vec<Finding> = link_state_problems(name, &link, allowed_mtu)
+            .into_iter()
+            .map(problem)
+            .collect();
         let Some(own) = own else { return out };
         let data = match dev.family {
             Family::V4 => own.attrs.backend_data.as_deref(),

@@ -107,19 +107,11 @@ impl DoctorBackend for UdpDoctor {
                 ),
             })];
         };
-        let mut out = Vec::new();
-        if !link.up {
-            out.push(problem(format!(
-                "{DEVICE} is down: nothing goes through the overlay"
-            )));
-        }
         let mtu = self.backend.device_mtu();
-        if link.mtu != mtu {
-            out.push(problem(format!(
-                "{DEVICE} has MTU {}, the backend sets {mtu}: pods may send packets the overlay cannot carry",
-                link.mtu
-            )));
-        }
+        let mut out: Vec<Finding> = super::backends::link_state_problems(DEVICE, link, mtu)
+            .into_iter()
+            .map(problem)
+            .collect();
         if let Some(subnet) = own.and_then(|o| o.subnet) {
             let wanted = (IpAddr::V4(subnet.network()), 32);
             let network = self.network.map(IpNet::V4);

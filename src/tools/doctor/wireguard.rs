@@ -101,19 +101,11 @@ impl WireguardDoctor {
                 link.kind.as_deref().unwrap_or("physical")
             ))];
         }
-        let mut out = Vec::new();
-        if !link.up {
-            out.push(problem(format!(
-                "{name} is down: nothing goes through the overlay"
-            )));
-        }
         let mtu = self.backend.device_mtu();
-        if link.mtu != mtu {
-            out.push(problem(format!(
-                "{name} has MTU {}, the backend sets {mtu}: pods may send packets the overlay cannot carry",
-                link.mtu
-            )));
-        }
+        let mut out: Vec<Finding> = super::backends::link_state_problems(name, link, mtu)
+            .into_iter()
+            .map(problem)
+            .collect();
         let families = [(dev.layout.v4, Family::V4), (dev.layout.v6, Family::V6)];
         for (_, family) in families.into_iter().filter(|(on, _)| *on) {
             let (subnet, network) = match family {
