@@ -215,6 +215,12 @@ export HOME=/root TMPDIR=/tmp
 /bin/busybox mount -t tmpfs tmpfs /tmp
 /bin/busybox mount -t tmpfs tmpfs /dev/shm
 /bin/busybox --install -s /busybox/bin
+# The test binaries run flanneld at its host path (CARGO_BIN_EXE_flanneld). That path may lie under
+# /tmp or /run, which the tmpfs mounts above hide, so it is linked only now.
+if [ -f /vmtests/flanneld.path ]; then
+  p=\$(cat /vmtests/flanneld.path)
+  mkdir -p "\$(dirname "\$p")" && ln -sf /vmtests/flanneld "\$p"
+fi
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
 for m in $boot_modules; do modprobe -q \$m || echo "vm: module \$m did not load"; done
 ip link set lo up
@@ -251,9 +257,11 @@ payload="$cache/payload-$payload_key.cpio"
 if [ ! -f "$payload" ]; then
   note "packing flanneld and ${#tests[@]} test binaries"
   root=$(mktemp -d "$cache/payload.XXXXXX")
-  # flanneld at its host path: the test binaries were built with that path (CARGO_BIN_EXE_flanneld).
-  mkdir -p "$root$(dirname "$flanneld")" "$root/vmtests"
-  strip --strip-debug -o "$root$flanneld" "$flanneld"
+  # flanneld goes to /vmtests; init links it at its host path, which the test binaries were built
+  # with (CARGO_BIN_EXE_flanneld), after mounting /tmp and /run (a checkout may live there).
+  mkdir -p "$root/vmtests"
+  strip --strip-debug -o "$root/vmtests/flanneld" "$flanneld"
+  printf '%s\n' "$flanneld" >"$root/vmtests/flanneld.path"
   : >"$root/vmtests/list"
   for t in "${tests[@]}"; do
     # vm_ipip-0123abcd... -> vm_ipip
