@@ -249,6 +249,7 @@ fi
 
 # --- payload: flanneld and the test binaries ----------------------------------------------------
 payload_key=$( {
+  sha256sum "$0"
   sha256sum "$flanneld"
   for t in "${tests[@]}"; do sha256sum "$t"; echo "$(basename "$t")"; done
   echo "$flanneld"
