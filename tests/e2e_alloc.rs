@@ -1,7 +1,7 @@
 //! End to end, alloc backend (spec 9.7, 3.2, 4.1): real flanneld daemons in network namespaces
 //! with a real etcd. Each node gets a lease whose value is only its public IP, writes subnet.env
 //! with the external interface's MTU, and creates nothing in the kernel: no device, no route, no
-//! neighbour, whatever the other nodes do.
+//! neighbour, whatever the other nodes do; `flanneld doctor` finds nothing wrong with it.
 
 mod e2e_common;
 mod support;
@@ -80,4 +80,15 @@ fn alloc_nodes_get_leases_and_subnet_env_and_touch_no_kernel_state() {
         metrics.lines().any(|l| l == "flannel_leases 0"),
         "alloc must not watch leases:\n{metrics}"
     );
+
+    // doctor checks what alloc has (the lease, subnet.env with the interface MTU, health) and says
+    // that nothing else is the backend's.
+    for i in 0..2 {
+        let (code, text) = doctor(&tb, i, &["--no-probe"]);
+        assert_eq!(code, 0, "doctor on {}:\n{text}", tb.nodes[i].name);
+        assert!(
+            text.contains("the alloc backend programs nothing"),
+            "doctor says what it checks of alloc:\n{text}"
+        );
+    }
 }

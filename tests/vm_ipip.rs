@@ -5,7 +5,8 @@
 //!   value, subnet.env) and every pod pings every other; without PeerFilter a stranger's IPIP
 //!   reaches the pods, as upstream (flannel #961);
 //! - with DirectRouting the routes go `via <PublicIP> dev eth0 onlink` and pods ping;
-//! - a route deleted by hand and a deleted `flannel.ipip` come back, and pods ping again;
+//! - a route deleted by hand and a deleted `flannel.ipip` come back, and pods ping again; then
+//!   `flanneld doctor` finds the node healthy, and names a route deleted while the daemon is stopped;
 //! - with PeerFilter a stranger's IPIP is dropped while the peers still ping.
 
 mod e2e_common;
@@ -236,6 +237,10 @@ fn ipip_direct_routing_goes_via_eth0_and_pods_ping() {
         "pods could not ping: {failed:?}\n{}",
         logs(&tb, &[0, 1, 2])
     );
+    // doctor expects the DirectRouting routes the daemon made, and the peers answer.
+    wait_ready(&mut tb, 0, STARTUP);
+    let (code, text) = doctor(&tb, 0, &[]);
+    assert_eq!(code, 0, "doctor with DirectRouting:\n{text}");
 }
 
 #[test]
@@ -285,6 +290,24 @@ fn ipip_deleted_route_and_deleted_device_come_back() {
         failed.is_empty(),
         "pods could not ping after the repairs: {failed:?}"
     );
+
+    // doctor: the repaired node is healthy (device, routes, the peer answering over the tunnel);
+    // with its daemon stopped, a deleted route is named with its peer.
+    wait_ready(&mut tb, 0, STARTUP);
+    let (code, text) = doctor(&tb, 0, &[]);
+    assert_eq!(code, 0, "doctor on the repaired node:\n{text}");
+    assert!(text.contains("flannel.ipip: ipip, local"), "{text}");
+    tb.stop_daemon(0, "TERM");
+    tb.nodes[0].ns.sh(&format!("ip route del {route}"));
+    let (code, text) = doctor(&tb, 0, &[]);
+    assert_eq!(code, 1, "doctor with a route missing:\n{text}");
+    let missing = format!("route {route} is missing");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&missing) && l.contains(&peer.public_ip.to_string())),
+        "no line names the missing route and its peer:\n{text}"
+    );
+    println!("deleted route, daemon stopped, doctor says:\n{text}");
 }
 
 #[test]

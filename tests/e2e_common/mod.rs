@@ -5,6 +5,7 @@
 //! outside the testbed's own namespaces.
 #![allow(dead_code)]
 
+mod doctor;
 mod listing;
 mod monitor;
 mod scenarios;
@@ -16,6 +17,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
+pub use doctor::*;
 #[allow(unused_imports)]
 pub use listing::*;
 #[allow(unused_imports)]

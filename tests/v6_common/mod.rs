@@ -15,7 +15,7 @@ use crate::e2e_common::{
     Entries, LeaseInfo, NETWORK, canon, expected_hostgw_routes, expected_vxlan_entries, logs,
     pod_network_routes, time_until, vxlan_entries,
 };
-use crate::support::testbed::{ETCD_IP, ETCD_PREFIX, ROUTE_PROTO, Testbed};
+use crate::support::testbed::{ETCD_PREFIX, ROUTE_PROTO, Testbed};
 
 /// The IPv6 cluster network of every dual-stack and IPv6-only test (inside 2001:db8::/32, apart
 /// from the 2001:db8::/64 underlay).
@@ -342,38 +342,6 @@ pub fn add_outside_dual(
         crate::support::testbed_v6::GATEWAY_V6
     ));
     ns
-}
-
-/// Runs `flanneld doctor` in node `i` with the node's own flags (etcd, subnet file, the test's
-/// extra daemon arguments) plus `extra`; returns the exit status and stdout+stderr.
-pub fn doctor(tb: &Testbed, i: usize, extra: &[&str]) -> (i32, String) {
-    doctor_with_env(tb, i, extra, &[])
-}
-
-/// `doctor` with extra environment variables (e.g. NODE_NAME in kube mode).
-pub fn doctor_with_env(tb: &Testbed, i: usize, extra: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let node = &tb.nodes[i];
-    let mut argv: Vec<String> = vec![
-        env!("CARGO_BIN_EXE_flanneld").into(),
-        "doctor".into(),
-        format!("--etcd-endpoints=http://{ETCD_IP}:2379"),
-        format!("--subnet-file={}", node.subnet_file().display()),
-    ];
-    argv.extend(node.args.iter().cloned());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = node
-        .ns
-        .spawn_cmd(&refs)
-        .envs(env.iter().copied())
-        .output()
-        .expect("running flanneld doctor");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// The full etcd key of a lease key suffix.

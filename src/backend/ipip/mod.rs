@@ -133,6 +133,32 @@ impl IpipBackend {
         self.local
     }
 
+    /// `flannel.ipip`'s MTU: the external interface's - 20.
+    pub fn device_mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The lease attributes this node publishes (what `prepare` returns).
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            backend_type: "ipip".into(),
+            public_ip: self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ..LeaseAttrs::default()
+        }
+    }
+
+    /// The read-only half of `prepare` (for doctor): finds `flannel.ipip` among `links` and takes
+    /// its index when the daemon would adopt it as it is, so that `entries_for` and `ownership`
+    /// are exactly the daemon's. Returns the link, whatever its state.
+    pub fn observe(&mut self, links: &[Link]) -> Option<Link> {
+        let link = links.iter().find(|l| l.name == DEVICE).cloned();
+        let usable = link
+            .as_ref()
+            .is_some_and(|l| incompatibilities(l, self.local).is_ok_and(|why| why.is_empty()));
+        self.index = link.as_ref().filter(|_| usable).map_or(0, |l| l.index);
+        link
+    }
+
     /// Adopt a compatible `flannel.ipip` (fixing its MTU) or (re)create it; true when created.
     async fn ensure_device(&mut self, k: &dyn Netlink) -> Result<bool, BackendError> {
         let existing = k
@@ -213,11 +239,7 @@ impl Backend for IpipBackend {
 
     async fn prepare(&mut self, k: &dyn Netlink) -> Result<LeaseAttrs, BackendError> {
         self.ensure_device(k).await?;
-        Ok(LeaseAttrs {
-            backend_type: "ipip".into(),
-            public_ip: self.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            ..LeaseAttrs::default()
-        })
+        Ok(self.lease_attrs())
     }
 
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError> {

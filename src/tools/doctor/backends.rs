@@ -11,8 +11,9 @@
 //! `wireguard`) also return their installed peer entries (`installed_peers`), read where they
 //! live: the udp table from the daemon's `/peers` (it exists only in the daemon's memory), the
 //! WireGuard peers from the device itself. `peers::entry_findings` then compares them with the
-//! backend's `entries_for` like kernel entries. Backends not covered (ipip, extension, alloc) are
-//! `NotCheckedYet`: doctor says so instead of guessing.
+//! backend's `entries_for` like kernel entries. ipip and alloc live in `ipip`. extension is
+//! `NotCheckedYet`: its state is whatever the operator's commands made, so doctor says so instead
+//! of guessing.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -112,7 +113,9 @@ pub fn for_config(netconf: &NetConf, ext: &ExternalInterface) -> Result<Box<dyn 
         BackendConfig::Wireguard(cfg) => Ok(Box::new(super::wireguard::WireguardDoctor::new(
             cfg, ext, netconf,
         )?)),
-        _ => Ok(Box::new(NotCheckedYet {
+        BackendConfig::Ipip(cfg) => Ok(Box::new(super::ipip::IpipDoctor::new(cfg, ext, netconf)?)),
+        BackendConfig::Alloc => Ok(Box::new(super::ipip::AllocDoctor::new(netconf, ext))),
+        BackendConfig::Extension(_) => Ok(Box::new(NotCheckedYet {
             kind: netconf.backend_type.clone(),
         })),
     }
@@ -392,7 +395,7 @@ impl DoctorBackend for HostGwDoctor {
     }
 }
 
-/// Backends doctor does not check yet (ipip, extension, alloc): it says so.
+/// Backends doctor does not check (extension: its commands' effects are the operator's): it says so.
 struct NotCheckedYet {
     kind: String,
 }
@@ -409,7 +412,7 @@ impl DoctorBackend for NotCheckedYet {
             THIS_NODE,
             &self.kind,
             format!(
-                "the {} backend's devices and peer table are not checked yet (only leases, subnet.env and the daemon's health are)",
+                "the {} backend's kernel state is whatever its commands make, so doctor does not check it (only leases, subnet.env and the daemon's health)",
                 self.kind
             ),
         )]

@@ -31,6 +31,7 @@ use crate::subnet::env_file;
 pub mod backends;
 pub mod datastore;
 pub mod health;
+pub mod ipip;
 pub mod leases;
 pub mod own;
 pub mod peer_table;
