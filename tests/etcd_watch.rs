@@ -29,9 +29,14 @@ fn put_peer(etcd: &Etcd, key: &str, public_ip: &str) {
     etcd.put_with_ttl(&format!("{SUBNETS}{key}"), &peer_value(public_ip), 3600);
 }
 
-/// A manager and this node's lease (public IP 192.0.2.100) in 198.18.0.0/16.
+/// A manager and this node's lease (public IP 192.0.2.100) in 198.18.0.0/16. The own subnet is
+/// allocated at random, so it comes from 198.18.128.0-198.18.255.0: the peers the tests write
+/// (198.18.1.0 to 198.18.70.0) can then never be the own key, which the watcher ignores.
 async fn own_node(etcd: &Etcd) -> (EtcdSubnetManager, Lease) {
-    etcd.put(&format!("{PREFIX}/config"), r#"{ "Network": "198.18.0.0/16" }"#);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{ "Network": "198.18.0.0/16", "SubnetMin": "198.18.128.0", "SubnetMax": "198.18.255.0" }"#,
+    );
     let m = EtcdSubnetManager::connect(
         &etcd.client_config(PREFIX),
         PreviousSubnets::default(),
