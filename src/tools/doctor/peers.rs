@@ -215,24 +215,32 @@ pub fn entry_findings(
     out
 }
 
+/// `n` with the singular or plural noun ("1 peer", "2 peers").
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// All is well: how many entries of which kind were compared.
 fn ok_sentence(desired: &[Entry], peers: usize) -> Finding {
     let kernel = desired.iter().filter(|e| !matches!(e, Entry::Peer(_))).count();
     let table = desired.len() - kernel;
     let noun = desired.iter().find_map(|e| match e {
-        Entry::Peer(PeerEntry::Udp(_)) => Some("udp table entries"),
-        Entry::Peer(PeerEntry::Wireguard(_)) => Some("WireGuard peers"),
-        Entry::Peer(PeerEntry::Extension(_)) => Some("extension peers"),
+        Entry::Peer(PeerEntry::Udp(_)) => Some(("udp table entry", "udp table entries")),
+        Entry::Peer(PeerEntry::Wireguard(_)) => Some(("WireGuard peer", "WireGuard peers")),
+        Entry::Peer(PeerEntry::Extension(_)) => Some(("extension peer", "extension peers")),
         _ => None,
     });
+    let peers = counted(peers, "peer", "peers");
     let message = match noun {
         None => format!(
-            "every peer's kernel entries are as its lease says, and no other is installed ({peers} peers, {kernel} entries)"
+            "every peer's kernel entries are as its lease says, and no other is installed ({peers}, {})",
+            counted(kernel, "entry", "entries")
         ),
-        Some(noun) => format!(
-            "every peer's kernel entries and {noun} are as its lease says, and no other is installed \
-             ({peers} peers, {kernel} kernel {}, {table} {noun})",
-            if kernel == 1 { "entry" } else { "entries" }
+        Some((one, many)) => format!(
+            "every peer's kernel entries and {many} are as its lease says, and no other is installed \
+             ({peers}, {}, {})",
+            counted(kernel, "kernel entry", "kernel entries"),
+            counted(table, one, many)
         ),
     };
     Finding::ok(Check::PeerEntries, THIS_NODE, "entries", message)
@@ -362,5 +370,12 @@ mod tests {
                  but the lease does not explain it (the daemon deletes it)",
             ]
         );
+    }
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(1, "peer", "peers"), "1 peer");
+        assert_eq!(counted(0, "peer", "peers"), "0 peers");
+        assert_eq!(counted(2, "kernel entry", "kernel entries"), "2 kernel entries");
     }
 }

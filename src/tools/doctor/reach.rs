@@ -97,6 +97,7 @@ pub fn reach_findings(
             THIS_NODE,
             "peers",
             match peers.len() {
+                1 if answered == 1 => "the peer answers (1 probe)".to_string(),
                 1 => format!("the peer answers ({answered} probes)"),
                 n => format!("every peer answers ({n} peers, {answered} probes)"),
             },
