@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use flanneld::lease::LeaseAttrs;
+use flanneld::lease::{Lease, LeaseAttrs};
 use flanneld::subnet::env_file::PreviousSubnets;
 use flanneld::subnet::etcd::EtcdSubnetManager;
 use flanneld::subnet::{LeaseOutcome, SubnetManager};
@@ -30,26 +30,23 @@ fn subnet_key(subnet: Ipv4Net) -> String {
     format!("{PREFIX}/subnets/{}-{}", subnet.addr(), subnet.prefix_len())
 }
 
-async fn manager(etcd: &Etcd, previous: PreviousSubnets) -> EtcdSubnetManager {
-    EtcdSubnetManager::connect(&etcd.client_config(PREFIX), previous, Duration::from_secs(3600))
+/// The network config, a manager renewing `margin` before expiry (`DAY - 2 s`: the first renewal
+/// is due after ~2 s), and this node's lease for `public_ip`.
+async fn node_with_lease(etcd: &Etcd, margin: Duration, public_ip: &str) -> (EtcdSubnetManager, Lease) {
+    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
+    let m = EtcdSubnetManager::connect(&etcd.client_config(PREFIX), PreviousSubnets::default(), margin)
         .await
-        .expect("manager connects")
+        .expect("manager connects");
+    let config = m.network_config().await.expect("config");
+    let lease = m.acquire_lease(&config, &attrs(public_ip)).await.expect("lease");
+    (m, lease)
 }
 
 #[tokio::test]
 async fn renewal_rewrites_the_key_and_a_deletion_revokes() {
     let Some(etcd) = Etcd::start_or_skip() else { return };
-    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
     // A margin just under the TTL makes the first renewal due after ~2 s.
-    let margin = DAY - Duration::from_secs(2);
-    let m = EtcdSubnetManager::connect(&etcd.client_config(PREFIX), PreviousSubnets::default(), margin)
-        .await
-        .expect("manager");
-    let config = m.network_config().await.expect("config");
-    let lease = m
-        .acquire_lease(&config, &attrs("192.0.2.30"))
-        .await
-        .expect("lease");
+    let (m, lease) = node_with_lease(&etcd, DAY - Duration::from_secs(2), "192.0.2.30").await;
     let key = subnet_key(lease.subnet.expect("v4"));
     let first_lease_id = etcd.lease_id(&key).expect("key exists");
 
@@ -81,17 +78,8 @@ async fn renewal_rewrites_the_key_and_a_deletion_revokes() {
 #[tokio::test]
 async fn a_subnet_taken_over_by_another_node_is_never_overwritten() {
     let Some(etcd) = Etcd::start_or_skip() else { return };
-    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
     // Renewal due after ~2 s: it must not write over the other node's value.
-    let margin = DAY - Duration::from_secs(2);
-    let m = EtcdSubnetManager::connect(&etcd.client_config(PREFIX), PreviousSubnets::default(), margin)
-        .await
-        .expect("manager");
-    let config = m.network_config().await.expect("config");
-    let lease = m
-        .acquire_lease(&config, &attrs("192.0.2.32"))
-        .await
-        .expect("lease");
+    let (m, lease) = node_with_lease(&etcd, DAY - Duration::from_secs(2), "192.0.2.32").await;
     let key = subnet_key(lease.subnet.expect("v4"));
     let theirs = r#"{"PublicIP":"192.0.2.77","PublicIPv6":null}"#;
     let shutdown = CancellationToken::new();
@@ -119,13 +107,7 @@ async fn a_subnet_taken_over_by_another_node_is_never_overwritten() {
 #[tokio::test]
 async fn the_renewal_loop_stops_on_shutdown() {
     let Some(etcd) = Etcd::start_or_skip() else { return };
-    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
-    let m = manager(&etcd, PreviousSubnets::default()).await;
-    let config = m.network_config().await.expect("config");
-    let lease = m
-        .acquire_lease(&config, &attrs("192.0.2.31"))
-        .await
-        .expect("lease");
+    let (m, lease) = node_with_lease(&etcd, Duration::from_secs(3600), "192.0.2.31").await;
     let shutdown = CancellationToken::new();
     let cancel = shutdown.clone();
     tokio::spawn(async move {
@@ -145,13 +127,7 @@ async fn the_renewal_loop_stops_on_shutdown() {
 #[tokio::test]
 async fn this_nodes_lease_edited_by_someone_is_written_back() {
     let Some(etcd) = Etcd::start_or_skip() else { return };
-    etcd.put(CONFIG_KEY, r#"{ "Network": "198.18.0.0/16" }"#);
-    let m = manager(&etcd, PreviousSubnets::default()).await;
-    let config = m.network_config().await.expect("config");
-    let lease = m
-        .acquire_lease(&config, &attrs("192.0.2.33"))
-        .await
-        .expect("lease");
+    let (m, lease) = node_with_lease(&etcd, Duration::from_secs(3600), "192.0.2.33").await;
     let key = subnet_key(lease.subnet.expect("v4"));
     let ours = r#"{"PublicIP":"192.0.2.33","PublicIPv6":null}"#;
     let edited = r#"{"PublicIP":"192.0.2.33","PublicIPv6":null,"BackendType":"bogus"}"#;

@@ -118,20 +118,31 @@ fn set(list: &[&str]) -> BTreeSet<Ipv4Addr> {
     list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
-async fn manager_with_filter(nftables: bool) -> (TrafficManager, PeersSender) {
-    let settings = filter_settings(nftables);
-    let mut manager = TrafficManager::start(
-        settings.clone(),
+/// A traffic manager for the filter settings of `nftables` mode, with the filter not requested yet.
+async fn started_manager(nftables: bool) -> TrafficManager {
+    TrafficManager::start(
+        filter_settings(nftables),
         &lease(false),
         &PreviousSubnets::default(),
         fake_kernel(),
     )
     .await
-    .expect("starting the traffic manager");
+    .expect("starting the traffic manager")
+}
+
+/// A new run with the option off: removes what an earlier run installed.
+async fn turn_filter_off(nftables: bool) {
+    let mut off = started_manager(nftables).await;
+    off.start_ipip_filter(&filter_settings(nftables), FilterRequest::Off)
+        .await;
+}
+
+async fn manager_with_filter(nftables: bool) -> (TrafficManager, PeersSender) {
+    let mut manager = started_manager(nftables).await;
     let (tx, peers) = watch::channel(None);
     manager
         .start_ipip_filter(
-            &settings,
+            &filter_settings(nftables),
             FilterRequest::On {
                 local: LOCAL.parse().unwrap(),
                 peers,
@@ -222,16 +233,7 @@ fn iptables_mode_drops_ipip_from_strangers_and_follows_the_peers() {
         assert_eq!(again.resync().await, 1);
 
         // Turning the option off removes the chain and its jump, and nothing else.
-        let settings = filter_settings(false);
-        let mut off = TrafficManager::start(
-            settings.clone(),
-            &lease(false),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
-        off.start_ipip_filter(&settings, FilterRequest::Off).await;
+        turn_filter_off(false).await;
         assert!(raw_rules(&ns).is_empty(), "{:?}", raw_rules(&ns));
         assert!(sh(&ns, "iptables-nft -w -t raw -S PREROUTING").contains("-p icmp -j ACCEPT"));
     });
@@ -287,16 +289,7 @@ fn nftables_mode_uses_its_own_table_and_switching_modes_cleans_up() {
         assert_eq!(passed(&ns, "stranger"), 1);
 
         // Off: the table goes, upstream's stays.
-        let settings = filter_settings(true);
-        let mut off = TrafficManager::start(
-            settings.clone(),
-            &lease(false),
-            &PreviousSubnets::default(),
-            fake_kernel(),
-        )
-        .await
-        .unwrap();
-        off.start_ipip_filter(&settings, FilterRequest::Off).await;
+        turn_filter_off(true).await;
         let tables = sh(&ns, "nft list tables");
         assert!(
             !tables.contains("flannel-ipip") && tables.contains("flannel-ipv4"),
