@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::common::pod_iperf;
 use crate::support::testbed::{Testbed, TestbedOptions};
 
 const SECONDS: u32 = 5;
@@ -34,28 +35,6 @@ fn testbed(flanneld: &str, tag: &str, config: &str) -> Testbed {
         tb.nodes[0].log()
     );
     tb
-}
-
-/// iperf3 from node 1's pod to node 2's pod; Gbit/s received.
-fn iperf(tb: &Testbed) -> f64 {
-    let server_pod = tb.nodes[1].pod.as_ref().unwrap();
-    let mut server = server_pod
-        .spawn_cmd(&["iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting iperf3 -s (install iperf3)");
-    std::thread::sleep(Duration::from_millis(300));
-    let to = tb.nodes[1].pod_ip().unwrap().to_string();
-    let client = tb.nodes[0].pod.as_ref().unwrap();
-    let out = client.exec(&["iperf3", "-c", &to, "-t", &SECONDS.to_string(), "-J"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
 }
 
 /// The longest run of unanswered pings (10 ms apart) from node 2's pod to node 1's pod while node
@@ -99,7 +78,7 @@ fn restart_gap(tb: &mut Testbed) -> (Duration, u64, u64) {
 pub fn run(flanneld: &str) {
     println!("\ndata path: iperf3 TCP pod to pod, {SECONDS} s, 2 nodes");
     let mut udp = testbed(flanneld, "bdpudp", r#"{"Network": "198.18.0.0/16"}"#);
-    let udp_gbps = iperf(&udp);
+    let udp_gbps = pod_iperf(&udp, 0, 1, SECONDS);
     let (gap, lost_run, _) = restart_gap(&mut udp);
     drop(udp);
     let vxlan = testbed(
@@ -107,7 +86,7 @@ pub fn run(flanneld: &str) {
         "bdpvx",
         r#"{"Network": "198.18.0.0/16", "Backend": {"Type": "vxlan"}}"#,
     );
-    let vxlan_gbps = iperf(&vxlan);
+    let vxlan_gbps = pod_iperf(&vxlan, 0, 1, SECONDS);
     drop(vxlan);
     println!("  udp backend (ours):  {udp_gbps:>7.2} Gbit/s");
     println!("  kernel vxlan:        {vxlan_gbps:>7.2} Gbit/s");

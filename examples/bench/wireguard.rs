@@ -3,34 +3,13 @@
 //! configured as upstream flanneld configures the kernel device, in one 4-node testbed, one
 //! after the other. Prints both rates and their ratio (goal: ours >= 1.5x wireguard-go).
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use crate::common::pod_iperf;
 use crate::support::testbed::{Testbed, TestbedOptions};
 use crate::support::wggo::{self, GoNode};
 
 const NETWORK: &str = "198.18.0.0/16";
-
-fn iperf(tb: &Testbed, from: usize, to: usize) -> f64 {
-    let server_ns = tb.nodes[to].pod.as_ref().expect("server pod");
-    let mut server = server_ns
-        .spawn_cmd(&["iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(300));
-    let ip = tb.nodes[to].pod_ip().unwrap().to_string();
-    let client = tb.nodes[from].pod.as_ref().expect("client pod");
-    let out = client.exec(&["iperf3", "-c", &ip, "-t", "5", "-J"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
 
 pub fn run(flanneld: &str) {
     if let Some(why) = wggo::missing() {
@@ -72,8 +51,8 @@ pub fn run(flanneld: &str) {
             tb.nodes[0].log()
         );
     }
-    let ours = iperf(&tb, 0, 1);
-    let theirs = iperf(&tb, 2, 3);
+    let ours = pod_iperf(&tb, 0, 1, 5);
+    let theirs = pod_iperf(&tb, 2, 3, 5);
     println!("\nwireguard pod to pod, iperf3 TCP 5 s (4-node netns testbed, one pair at a time):");
     println!("  flanneld userspace WireGuard : {ours:>6.2} Gbit/s");
     println!("  wireguard-go (Debian)        : {theirs:>6.2} Gbit/s");

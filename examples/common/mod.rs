@@ -1,8 +1,10 @@
 //! Pieces the benchmarks share: synthetic vxlan leases, an etcd writer that runs inside the etcd
-//! namespace, reading a node's flannel.1 entries over netlink, and process figures (RSS, CPU).
+//! namespace, reading a node's flannel.1 entries over netlink, process figures (RSS, CPU), and
+//! iperf3 between two testbed pods.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use flanneld::kernel::Netlink;
 use flanneld::kernel::rtnl::RtNetlink;
 
 use crate::support::netns::Netns;
-use crate::support::testbed::{ETCD_IP, ETCD_PREFIX};
+use crate::support::testbed::{ETCD_IP, ETCD_PREFIX, Testbed};
 
 pub const NETWORK: &str = "198.18.0.0/15";
 pub const SUBNET_LEN: u8 = 28;
@@ -234,4 +236,27 @@ pub fn cpu_time(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// iperf3 TCP for `seconds` from node `from`'s pod to node `to`'s pod; Gbit/s received (0 when
+/// iperf3 printed no result).
+pub fn pod_iperf(tb: &Testbed, from: usize, to: usize, seconds: u32) -> f64 {
+    let server_pod = tb.nodes[to].pod.as_ref().expect("server pod");
+    let mut server = server_pod
+        .spawn_cmd(&["iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting iperf3 -s (install iperf3)");
+    std::thread::sleep(Duration::from_millis(300));
+    let ip = tb.nodes[to].pod_ip().expect("server pod address").to_string();
+    let client = tb.nodes[from].pod.as_ref().expect("client pod");
+    let out = client.exec(&["iperf3", "-c", &ip, "-t", &seconds.to_string(), "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
 }
