@@ -1,5 +1,6 @@
 //! Shared fixtures for the backend and reconciler unit tests: a fake kernel with an underlay
-//! (`eth0` 192.0.2.1/24), vxlan/host-gw configurations over 198.18.0.0/16, and leases.
+//! (`eth0` 192.0.2.1/24), vxlan/host-gw configurations over 198.18.0.0/16, leases, and the
+//! fixed-seed property-test configuration of the data-path tests.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -141,4 +142,15 @@ pub async fn prepared_vxlan(
     b.prepare(&**k).await.unwrap();
     b.configure(&**k, &own_lease("vxlan")).await.unwrap();
     b
+}
+
+/// The property tests' configuration for the udp data path and the offloads: a fixed seed and
+/// case count, so `make test` runs the same cases every time, and no persistence files.
+pub fn fixed_proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0f1a_2285),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
 }

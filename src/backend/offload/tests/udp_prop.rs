@@ -3,24 +3,14 @@
 //! order of each flow. Fixed seed and case count, so `make test` runs the same cases every time.
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 use crate::backend::offload::{Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::backend::udp::packet::ipv4::*;
 use crate::backend::udp::packet::offload::{INTEGRITY, segment};
 use crate::backend::udp::packet::tests::tcp_packet;
 
-fn config() -> Config {
-    Config {
-        cases: 512,
-        rng_seed: RngSeed::Fixed(0x0f1a_2285),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(crate::backend::testutil::fixed_proptest_config())]
 
     #[test]
     fn arbitrary_offload_headers_never_panic(hdr in proptest::collection::vec(any::<u8>(), VNET_HDR_LEN), bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {

@@ -6,23 +6,13 @@
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 use super::ipv4::*;
 use super::tests::{ipv4_packet, policy, tcp_packet};
 use crate::backend::offload::checksum;
 
-fn config() -> Config {
-    Config {
-        cases: 512,
-        rng_seed: RngSeed::Fixed(0x0f1a_2285),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(crate::backend::testutil::fixed_proptest_config())]
 
     #[test]
     fn arbitrary_datagrams_never_panic_and_accepted_ones_obey_every_rule(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
