@@ -234,15 +234,10 @@ async fn wait(
     result.unwrap_or_else(|| panic!("timed out waiting for {what}; status {:?}", *status.borrow()))
 }
 
-/// One daemon life: prepare, configure, reconcile the two peers, run `then`, stop.
-async fn life<F, Fut>(nl: Arc<Counting>, then: F)
-where
-    F: FnOnce(watch::Receiver<ReconcileStatus>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (cfg, conf) = conf();
+/// The node's external interface: eth0 with 192.0.2.1 as interface and public address.
+async fn eth0_ext(nl: &dyn Netlink) -> ExternalInterface {
     let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
-    let ext = ExternalInterface {
+    ExternalInterface {
         name: "eth0".into(),
         index: eth0.index,
         mtu: eth0.mtu,
@@ -250,7 +245,17 @@ where
         iface_v6_addr: None,
         ext_addr: Some("192.0.2.1".parse().unwrap()),
         ext_v6_addr: None,
-    };
+    }
+}
+
+/// One daemon life: prepare, configure, reconcile the two peers, run `then`, stop.
+async fn life<F, Fut>(nl: Arc<Counting>, then: F)
+where
+    F: FnOnce(watch::Receiver<ReconcileStatus>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (cfg, conf) = conf();
+    let ext = eth0_ext(&*nl).await;
     let mut backend = VxlanBackend::new(&cfg, &ext, &conf, None)
         .unwrap()
         .with_sysctl_root(None);
@@ -373,16 +378,7 @@ struct HostGwRun {
 }
 
 async fn start_hostgw(nl: Arc<dyn Netlink>) -> HostGwRun {
-    let eth0 = nl.link_by_name("eth0").await.unwrap().expect("eth0");
-    let ext = ExternalInterface {
-        name: "eth0".into(),
-        index: eth0.index,
-        mtu: eth0.mtu,
-        iface_addr: Some("192.0.2.1".parse().unwrap()),
-        iface_v6_addr: None,
-        ext_addr: Some("192.0.2.1".parse().unwrap()),
-        ext_v6_addr: None,
-    };
+    let ext = eth0_ext(&*nl).await;
     let (_, mut conf) = conf();
     conf.backend = BackendConfig::HostGw;
     conf.backend_type = "host-gw".into();
