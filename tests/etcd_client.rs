@@ -35,6 +35,27 @@ fn certs_or_skip() -> Option<TlsCerts> {
     Some(TlsCerts::generate())
 }
 
+/// A loopback port nothing listens on (bound, then released).
+fn closed_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A config for one `endpoint` as user `root` with `password`.
+fn unreachable_config(endpoint: &str, password: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        prefix: PREFIX.into(),
+        keyfile: None,
+        certfile: None,
+        cafile: None,
+        username: Some("root".into()),
+        password: Some(password.into()),
+    }
+}
+
 fn with_tls_files(mut cfg: EtcdConfig, certs: &TlsCerts, ca: &std::path::Path) -> EtcdConfig {
     cfg.cafile = Some(ca.to_path_buf());
     cfg.certfile = Some(certs.client_cert.clone());
@@ -163,21 +184,8 @@ async fn bad_client_settings_are_setup_errors_naming_the_problem() {
 #[tokio::test]
 async fn an_unreachable_etcd_does_not_block_construction() {
     support::etcd::init_logs();
-    // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let cfg = EtcdConfig {
-        endpoints: vec![format!("http://127.0.0.1:{port}")],
-        prefix: PREFIX.into(),
-        keyfile: None,
-        certfile: None,
-        cafile: None,
-        username: Some("root".into()),
-        password: Some("unreachable-secret".into()),
-    };
+    let port = closed_loopback_port();
+    let cfg = unreachable_config(&format!("http://127.0.0.1:{port}"), "unreachable-secret");
     let m = connect(&cfg).await.expect("construction does not need etcd");
     let err = m.network_config().await.expect_err("etcd is down");
     let text = err.to_string();
@@ -269,19 +277,11 @@ async fn credentials_in_endpoint_urls_never_reach_logs_or_errors() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // A closed loopback port: every request fails, and every failure is logged or returned.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let cfg = EtcdConfig {
-        endpoints: vec![format!("http://root:url-s3cret-xyz@127.0.0.1:{port}")],
-        prefix: PREFIX.into(),
-        keyfile: None,
-        certfile: None,
-        cafile: None,
-        username: Some("root".into()),
-        password: Some("flag-s3cret-abc".into()),
-    };
+    let port = closed_loopback_port();
+    let cfg = unreachable_config(
+        &format!("http://root:url-s3cret-xyz@127.0.0.1:{port}"),
+        "flag-s3cret-abc",
+    );
     tracing::info!(config = ?cfg, "etcd settings");
     let mut texts = Vec::new();
     match connect(&cfg).await {
