@@ -49,10 +49,6 @@ impl Backend for AllocBackend {
         Ok(self.ext.mtu)
     }
 
-    async fn ensure_devices(&mut self, _k: &dyn Netlink, _own: &Lease) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-
     fn entries_for(&self, _remote: &Lease, _underlay: &Underlay) -> Vec<Entry> {
         Vec::new()
     }

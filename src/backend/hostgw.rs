@@ -82,10 +82,6 @@ impl Backend for HostGwBackend {
         Ok(self.ext.mtu)
     }
 
-    async fn ensure_devices(&mut self, _k: &dyn Netlink, _own: &Lease) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-
     fn entries_for(&self, remote: &Lease, _underlay: &Underlay) -> Vec<Entry> {
         if self.warn.other_type(remote, self.kind()) {
             return Vec::new();

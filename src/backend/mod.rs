@@ -125,8 +125,11 @@ pub trait Backend: Send + Sync {
     async fn configure(&mut self, k: &dyn Netlink, own: &Lease) -> Result<u32, BackendError>;
 
     /// Re-check the backend's devices (after a link event or on the periodic check); recreate
-    /// what is missing or incompatible. Returns true when something was recreated.
-    async fn ensure_devices(&mut self, k: &dyn Netlink, own: &Lease) -> Result<bool, BackendError>;
+    /// what is missing or incompatible. Returns true when something was recreated. The default is
+    /// for backends without devices (host-gw, alloc, extension): nothing to check.
+    async fn ensure_devices(&mut self, _k: &dyn Netlink, _own: &Lease) -> Result<bool, BackendError> {
+        Ok(false)
+    }
 
     /// Pure: the kernel entries one remote lease needs. Empty for leases this backend ignores.
     fn entries_for(&self, remote: &Lease, underlay: &Underlay) -> Vec<Entry>;

@@ -88,9 +88,6 @@ impl Backend for TableBackend {
     async fn configure(&mut self, _k: &dyn Netlink, _own: &Lease) -> Result<u32, BackendError> {
         Ok(1472)
     }
-    async fn ensure_devices(&mut self, _k: &dyn Netlink, _own: &Lease) -> Result<bool, BackendError> {
-        Ok(false)
-    }
     fn entries_for(&self, remote: &Lease, _underlay: &Underlay) -> Vec<Entry> {
         let Some(subnet) = remote.subnet else {
             return Vec::new();
