@@ -5,7 +5,7 @@ use super::*;
 use crate::backend::peers::{PresharedKey, UdpPeer, WgKey, base64_std_encode};
 use crate::backend::wireguard::key::PrivateKey;
 use crate::kernel::Route;
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::Lease;
 use crate::tools::doctor::peers::entry_findings;
 
 fn names(index: u32) -> String {
@@ -16,18 +16,8 @@ fn names(index: u32) -> String {
     }
 }
 
-fn lease(n: u8) -> Lease {
-    Lease {
-        enable_ipv4: true,
-        enable_ipv6: false,
-        subnet: Some(format!("198.18.{n}.0/24").parse().unwrap()),
-        ipv6_subnet: None,
-        attrs: LeaseAttrs {
-            public_ip: format!("192.0.2.{n}").parse().unwrap(),
-            ..LeaseAttrs::default()
-        },
-        expiration: None,
-    }
+fn lease(n: u16) -> Lease {
+    crate::backend::testutil::lease_of(n, "", None)
 }
 
 fn label(n: u8) -> String {

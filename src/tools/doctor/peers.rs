@@ -251,7 +251,6 @@ mod tests {
     use super::*;
     use crate::backend::vxlan::peer_entries;
     use crate::kernel::{MacAddr, Neigh, Route};
-    use crate::lease::LeaseAttrs;
 
     fn names(index: u32) -> String {
         if index == 3 {
@@ -265,19 +264,8 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, n])
     }
 
-    fn peer_lease(n: u8) -> Lease {
-        Lease {
-            enable_ipv4: true,
-            enable_ipv6: false,
-            subnet: Some(format!("198.18.{n}.0/24").parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: format!("192.0.2.{n}").parse().unwrap(),
-                backend_type: "vxlan".into(),
-                ..LeaseAttrs::default()
-            },
-            expiration: None,
-        }
+    fn peer_lease(n: u16) -> Lease {
+        crate::backend::testutil::lease_of(n, "vxlan", None)
     }
 
     fn entries(n: u8, vtep: MacAddr) -> Vec<Entry> {
